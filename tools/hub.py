@@ -22,7 +22,9 @@ class ModelUnavailable(RuntimeError):
 
 
 def offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "MEL_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "MEL_OFFLINE")
+    )
 
 
 def is_local_path(name: str) -> bool:
