@@ -31,7 +31,9 @@ def store_for(dataset: Dataset, encoder_name: str | None = None, progress: bool 
     if name not in encoders:
         raise DatasetError(f"unknown KB encoder {name!r}; choose one of {sorted(encoders)}")
     encoder = encoders[name]()
-    return open_store(dataset.name, dataset.entities, encoder, encoder_fingerprint(encoder), progress=progress)
+    return open_store(
+        dataset.name, dataset.entities, encoder, encoder_fingerprint(encoder), progress=progress
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,12 @@ class CandidateSet:
     source: str
 
     def to_json(self) -> dict[str, object]:
-        return {"mention": self.mention_id, "qids": list(self.qids), "gold_index": self.gold_index, "source": self.source}
+        return {
+            "mention": self.mention_id,
+            "qids": list(self.qids),
+            "gold_index": self.gold_index,
+            "source": self.source,
+        }
 
 
 def name_tokens(text: str) -> set[str]:
@@ -56,6 +61,7 @@ class CandidateBuilder:
         self.vectors = vectors
         if vectors is not None and len(vectors) != len(self.qids):
             raise ValueError(f"{len(vectors)} vectors for {len(self.qids)} entities (order: sorted QIDs)")
+        self._neighbours: dict[tuple[str, int], list[str]] = {}
         self.by_token: dict[str, list[int]] = defaultdict(list)
         for index, qid in enumerate(self.qids):
             entity = entities[qid]
@@ -77,14 +83,26 @@ class CandidateBuilder:
         return [self.qids[i] for i in ranked[:k]]
 
     def description_neighbours(self, gold: str, k: int) -> list[str]:
-        """Up to k entities whose description vectors are closest to the gold's."""
-        if self.vectors is None or gold not in self.row:
-            return []
-        similarity = self.vectors @ self.vectors[self.row[gold]]
-        similarity[self.row[gold]] = -np.inf
-        top = np.argpartition(-similarity, min(k, len(similarity) - 1))[:k]
-        top = sorted(top, key=lambda i: (-similarity[i], self.qids[i]))
-        return [self.qids[i] for i in top]
+        """Up to k entities whose description vectors are closest to the gold's (memoised)."""
+        if (gold, k) not in self._neighbours:
+            self.prefetch_description_neighbours([gold], k)
+        return self._neighbours.get((gold, k), [])
+
+    def prefetch_description_neighbours(self, golds: Iterable[str], k: int) -> None:
+        """Compute neighbours of many golds with one matrix product per chunk (BLAS, not loops)."""
+        if self.vectors is None:
+            return
+        wanted = sorted({g for g in golds if g in self.row and (g, k) not in self._neighbours})
+        for start in range(0, len(wanted), 256):
+            chunk = wanted[start : start + 256]
+            rows = np.array([self.row[g] for g in chunk])
+            similarity = self.vectors[rows] @ self.vectors.T
+            similarity[np.arange(len(chunk)), rows] = -np.inf
+            kk = min(k, similarity.shape[1] - 1)
+            top = np.argpartition(-similarity, kk, axis=1)[:, :kk]
+            for gold, row, candidates in zip(chunk, similarity, top, strict=True):
+                ordered = sorted(candidates, key=lambda i: (-row[i], self.qids[i]))
+                self._neighbours[(gold, k)] = [self.qids[i] for i in ordered]
 
     def build(self, mention: Mention, size: int | None = 10, seed: int = 0) -> CandidateSet:
         rng = np.random.default_rng(_seed_for(seed, mention.id))
@@ -109,11 +127,19 @@ class CandidateBuilder:
             negatives += [rest[i] for i in sorted(extra)]
         return _finish(mention, ([gold] if gold else []) + negatives, rng, "kb-hard-negatives")
 
-    def build_all(self, mentions: Sequence[Mention], size: int | None = 10, seed: int = 0) -> list[CandidateSet]:
+    def build_all(
+        self, mentions: Sequence[Mention], size: int | None = 10, seed: int = 0
+    ) -> list[CandidateSet]:
+        if size is not None:
+            self.prefetch_description_neighbours(
+                (m.gold for m in mentions if not m.candidates), 2 * max(size - 1, 1)
+            )
         return [self.build(m, size, seed) for m in mentions]
 
 
-def _sample_half_each(first: list[str], second: list[str], wanted: int, rng: np.random.Generator) -> list[str]:
+def _sample_half_each(
+    first: list[str], second: list[str], wanted: int, rng: np.random.Generator
+) -> list[str]:
     """``wanted`` distinct QIDs, half sampled from each pool's hardest half, topped up from the other."""
     chosen: list[str] = []
     half = (wanted + 1) // 2

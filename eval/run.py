@@ -1,0 +1,410 @@
+"""``python -m eval.run``: link a dataset's mentions with a scorer and report ranking metrics.
+
+    python -m eval.run --dataset NAME [--data-dir DIR] [--split test] [--limit N]
+        [--task i2t|it2t|t2t] [--scorer NAME] [--checkpoint PATH] [--candidates 10|100|all]
+        [--seeds 0,1,2] [--batch-size 64] [--out DIR]
+
+Writes ``<out>/items.jsonl`` (one line per mention and seed, appended and flushed as it
+finishes, so a killed run resumes from it with the same command and ``--out``),
+``<out>/config.json`` and ``<out>/results.json`` (schema in ../shared/ARCHITECTURE.md), and
+prints a one-line summary. Mentions a task cannot score (no image in i2t, an unreadable
+image, no text in t2t) are skipped and counted by reason, never a crash.
+
+Context text for it2t/t2t is "<mention>. <caption>": the caption is paper 000's "entity
+description", and naming the mention first says which of a caption's mentions is meant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eval.metrics import gold_rank, mean_std, metrics_from_ranks, ranking
+from eval.score_cache import ScoreCache, file_digest
+from kb.candidates import CandidateBuilder, CandidateSet
+from kb.dataset import Dataset, dataset_names, load_dataset
+from kb.errors import DatasetError, ImageError
+from kb.images import load_rgb, to_tensor
+from kb.records import Mention
+
+IMAGE_TASKS = ("i2t", "it2t")
+TEXT_TASKS = ("it2t", "t2t")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str
+    split: str = "test"
+    task: str = "it2t"
+    scorer: str = "tagger"
+    candidates: int | None = 10
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    checkpoint: str | None = None
+    data_dir: str | None = None
+    pipeline: str = "prerank"
+    batch_size: int = 64
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for an existing output folder to be resumed."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+
+
+@dataclass
+class PreparedItem:
+    mention: Mention
+    candidates: CandidateSet
+    candidate_texts: list[str]
+    context: str | None
+    image_digest: str | None
+    key: str = ""
+    logits: np.ndarray | None = None
+    skip: str | None = None
+
+
+@dataclass
+class SeedOutcome:
+    ranks: list[int] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def context_text(mention: Mention) -> str:
+    return (
+        f"{mention.mention}. {mention.sentence}".strip(". ") if mention.mention else mention.sentence.strip()
+    )
+
+
+def scorer_identity(name: str, checkpoint: str | None) -> str:
+    return f"{name}@{file_digest(Path(checkpoint))[:16]}" if checkpoint else name
+
+
+class LazyScorer:
+    """Loads the scorer on the first cache miss: a fully cached run never loads a model."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._scorer: torch.nn.Module | None = None
+        self.load_seconds = 0.0
+
+    def __call__(self) -> torch.nn.Module:
+        if self._scorer is None:
+            from tools.scorers import load_scorer
+
+            started = time.perf_counter()
+            kwargs = {"checkpoint": self.config.checkpoint} if self.config.checkpoint else {}
+            self._scorer = load_scorer(self.config.scorer, task=self.config.task, **kwargs).eval()
+            self.load_seconds = time.perf_counter() - started
+        return self._scorer
+
+
+def candidate_builder(dataset: Dataset) -> CandidateBuilder:
+    from kb.build import store_for
+
+    store = store_for(dataset)
+    return CandidateBuilder(dataset.entities, store.vectors(sorted(dataset.entities)))
+
+
+def prepare(
+    mention: Mention, candidates: CandidateSet, dataset: Dataset, config: RunConfig, digests: dict[Path, str]
+) -> PreparedItem:
+    from tools.scorers.base import candidate_prompt
+
+    texts = [
+        candidate_prompt(dataset.entities[q].label if q in dataset.entities else q) for q in candidates.qids
+    ]
+    context = context_text(mention) if config.task in TEXT_TASKS else None
+    item = PreparedItem(mention, candidates, texts, context, None)
+    if config.task in TEXT_TASKS and not context:
+        item.skip = "no_text"
+    if config.task in IMAGE_TASKS:
+        if mention.image_path is None:
+            item.skip = "no_image"
+        elif not mention.image_path.is_file():
+            item.skip = "image_missing"
+        else:
+            if mention.image_path not in digests:
+                digests[mention.image_path] = file_digest(mention.image_path)
+            item.image_digest = digests[mention.image_path]
+    if item.skip is None:
+        item.key = ScoreCache.key(config.task, item.image_digest, mention.bbox, context, texts)
+    return item
+
+
+def score_missing(items: list[PreparedItem], scorer: LazyScorer, config: RunConfig) -> None:
+    """Fill ``logits`` of items the cache did not have; an unreadable image becomes a skip."""
+    if config.task in IMAGE_TASKS:
+        for item in items:  # images differ in size, and resizing is the scorer's job
+            try:
+                pixels = to_tensor(load_rgb(item.mention.image_path, item.mention.bbox)).unsqueeze(0)
+            except ImageError as exc:
+                item.skip = f"image_{exc.reason}"
+                continue
+            with torch.no_grad():
+                logits = scorer()(pixels, [item.context] if item.context else None, [item.candidate_texts])
+            item.logits = logits[0].float().numpy()
+        return
+    for batch in _batches_by_width(items, config.batch_size):
+        with torch.no_grad():
+            logits = scorer()(None, [i.context for i in batch], [i.candidate_texts for i in batch])
+        for item, row in zip(batch, logits.float().numpy(), strict=True):
+            item.logits = row
+
+
+def _batches_by_width(items: list[PreparedItem], size: int) -> Iterator[list[PreparedItem]]:
+    by_width: dict[int, list[PreparedItem]] = {}
+    for item in items:
+        by_width.setdefault(len(item.candidate_texts), []).append(item)
+    for group in by_width.values():
+        for start in range(0, len(group), size):
+            yield group[start : start + size]
+
+
+def item_record(item: PreparedItem, seed: int) -> dict[str, Any]:
+    mention, candidates = item.mention, item.candidates
+    record: dict[str, Any] = {
+        "id": mention.id,
+        "seed": seed,
+        "gold": mention.gold,
+        "candidates": list(candidates.qids),
+    }
+    if item.skip is not None:
+        return {**record, "error": item.skip}
+    order = ranking(item.logits)
+    rank = gold_rank(item.logits, candidates.gold_index)
+    prediction = candidates.qids[order[0]]
+    return {
+        **record,
+        "ranking": [candidates.qids[i] for i in order],
+        "scores": [round(float(v), 5) for v in item.logits],
+        "prediction": prediction,
+        "correct": rank == 1,
+        "rank": rank,
+        "gold_in_candidates": candidates.gold_index is not None,
+        "error": None,
+    }
+
+
+class ItemLog:
+    """The append-only per-item JSONL: reading what a killed run finished, appending and flushing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[tuple[int, str], dict[str, Any]] = {}
+        if path.is_file():
+            with path.open("r", encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # a line cut by a kill: everything after it is redone
+                    self.done[(record["seed"], record["id"])] = record
+            self._rewrite_complete_lines()
+        self.handle = path.open("a", encoding="utf-8")
+
+    def _rewrite_complete_lines(self) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            for record in self.done.values():
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(temporary, self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.flush()
+        self.done[(record["seed"], record["id"])] = record
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Evaluate, resuming from ``out/items.jsonl`` when it holds a run of the same config."""
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, config)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    mentions = dataset.split(config.split)[: config.limit] if config.limit else dataset.split(config.split)
+    builder = candidate_builder(dataset)
+    scorer = LazyScorer(config)
+    cache = ScoreCache(scorer_identity(config.scorer, config.checkpoint))
+    log = ItemLog(out / "items.jsonl")
+    digests: dict[Path, str] = {}
+    outcomes = {seed: SeedOutcome() for seed in config.seeds}
+    bar = tqdm(
+        total=len(mentions) * len(config.seeds),
+        desc=f"eval {config.dataset} {config.task}",
+        unit="mention",
+        disable=not progress,
+    )
+    try:
+        for seed in config.seeds:
+            for start in range(0, len(mentions), config.batch_size):
+                chunk = mentions[start : start + config.batch_size]
+                todo = [m for m in chunk if (seed, m.id) not in log.done]
+                sets = builder.build_all(todo, config.candidates, seed)
+                items = [prepare(m, c, dataset, config, digests) for m, c in zip(todo, sets, strict=True)]
+                scorable = [i for i in items if i.skip is None]
+                hits = cache.get_many([i.key for i in scorable])
+                for item in scorable:
+                    item.logits = hits.get(item.key)
+                missing = [i for i in scorable if i.logits is None]
+                if missing:
+                    score_missing(missing, scorer, config)
+                    cache.put_many({i.key: i.logits for i in missing if i.logits is not None})
+                for item in items:
+                    log.append(item_record(item, seed))
+                bar.update(len(chunk))
+            for mention in mentions:
+                record = log.done[(seed, mention.id)]
+                if record["error"]:
+                    outcomes[seed].skipped[record["error"]] += 1
+                else:
+                    outcomes[seed].ranks.append(record["rank"])
+    finally:
+        bar.close()
+        log.close()
+    results = _results(config, dataset, mentions, outcomes, out, time.perf_counter() - started, scorer)
+    _write_json(out / "results.json", results)
+    return results
+
+
+def _results(
+    config: RunConfig,
+    dataset: Dataset,
+    mentions: Sequence[Mention],
+    outcomes: dict[int, SeedOutcome],
+    out: Path,
+    seconds: float,
+    scorer: LazyScorer,
+) -> dict[str, Any]:
+    per_seed = {seed: metrics_from_ranks(o.ranks) for seed, o in outcomes.items()}
+    first = outcomes[config.seeds[0]]
+    return {
+        "dataset": dataset.name,
+        "split": config.split,
+        "task": config.task,
+        "pipeline": config.pipeline,
+        "scorer": config.scorer,
+        "checkpoint": config.checkpoint,
+        "attack": None,
+        "candidates": config.candidates if config.candidates is not None else "all",
+        "seeds": list(config.seeds),
+        "n": per_seed[config.seeds[0]].n,
+        "n_skipped": sum(first.skipped.values()),
+        "skipped": dict(first.skipped),
+        "n_mentions": len(mentions),
+        "nil": sum(1 for m in mentions if m.is_nil),
+        "metrics": mean_std([m.to_json() for m in per_seed.values()]),
+        "metrics_per_seed": {str(seed): m.to_json() for seed, m in per_seed.items()},
+        "items": str(out / "items.jsonl"),
+        "seconds": round(seconds, 2),
+        "model_load_seconds": round(scorer.load_seconds, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _check_resume(out: Path, config: RunConfig) -> None:
+    config_path = out / "config.json"
+    if config_path.is_file():
+        previous = json.loads(config_path.read_text())
+        if previous != _jsonable(config.identity()):
+            raise DatasetError(
+                f"{out} holds a run with a different configuration ({config_path}); "
+                "choose another --out or delete that folder"
+            )
+    else:
+        _write_json(config_path, _jsonable(config.identity()))
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False))
+    os.replace(temporary, path)
+
+
+def summary_line(results: dict[str, Any]) -> str:
+    metrics = results["metrics"]
+    seeds = len(results["seeds"])
+    std = f" ±{metrics['acc@1']['std'] * 100:.1f}" if seeds > 1 else ""
+    return (
+        f"{results['dataset']}/{results['split']} {results['task']} {results['scorer']} "
+        f"λ={results['candidates']} seeds={seeds}: acc@1 {metrics['acc@1']['mean'] * 100:.1f}%{std} "
+        f"acc@5 {metrics['acc@5']['mean'] * 100:.1f}% mrr {metrics['mrr']['mean']:.3f} "
+        f"(n={results['n']}, skipped={results['n_skipped']}) in {results['seconds']:.1f}s"
+    )
+
+
+def parse_candidates(value: str) -> int | None:
+    return None if value.lower() in ("all", "full") else int(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(dataset_names())}")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--split", default="test", help="split name, or 'all'")
+    parser.add_argument("--limit", type=int, default=None, help="first N mentions of the split")
+    parser.add_argument("--task", choices=("i2t", "it2t", "t2t"), default="it2t")
+    parser.add_argument(
+        "--scorer", default="tagger", help="tagger, mcr, clip:DIR, openclip:ARCH/WEIGHTS, ..."
+    )
+    parser.add_argument("--checkpoint", default=None, help="trained weights (mcr)")
+    parser.add_argument(
+        "--candidates", type=parse_candidates, default=10, help="λ per mention: 10, 100 or all"
+    )
+    parser.add_argument("--seeds", default="0", help="comma-separated candidate-sampling seeds")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: a new one under runs/)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    config = RunConfig(
+        dataset=args.dataset,
+        split=args.split,
+        task=args.task,
+        scorer=args.scorer,
+        candidates=args.candidates,
+        seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()),
+        limit=args.limit,
+        checkpoint=args.checkpoint,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+    )
+    out = args.out or default_out(config)
+    try:
+        results = run(config, out, progress=not args.quiet)
+    except (DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary_line(results))
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def default_out(config: RunConfig) -> Path:
+    safe_scorer = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in config.scorer)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.dataset}-{config.task}-{safe_scorer}-{os.getpid()}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
