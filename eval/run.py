@@ -10,8 +10,7 @@ finishes, so a killed run resumes from it with the same command and ``--out``),
 prints a one-line summary. Mentions a task cannot score (no image in i2t, an unreadable
 image, no text in t2t) are skipped and counted by reason, never a crash.
 
-Context text for it2t/t2t is "<mention>. <caption>": the caption is paper 000's "entity
-description", and naming the mention first says which of a caption's mentions is meant.
+Context text for it2t/t2t is ``Mention.context_text()``: "<mention>. <caption>".
 """
 
 from __future__ import annotations
@@ -80,12 +79,6 @@ class SeedOutcome:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def context_text(mention: Mention) -> str:
-    return (
-        f"{mention.mention}. {mention.sentence}".strip(". ") if mention.mention else mention.sentence.strip()
-    )
-
-
 def scorer_identity(name: str, checkpoint: str | None) -> str:
     return f"{name}@{file_digest(Path(checkpoint))[:16]}" if checkpoint else name
 
@@ -104,6 +97,8 @@ class LazyScorer:
 
             started = time.perf_counter()
             kwargs = {"checkpoint": self.config.checkpoint} if self.config.checkpoint else {}
+            if kwargs and not self.config.scorer.startswith("mcr"):
+                raise ValueError("--checkpoint is for mcr; give CLIP-family weights in the name (clip:DIR)")
             self._scorer = load_scorer(self.config.scorer, task=self.config.task, **kwargs).eval()
             self.load_seconds = time.perf_counter() - started
         return self._scorer
@@ -124,7 +119,7 @@ def prepare(
     texts = [
         candidate_prompt(dataset.entities[q].label if q in dataset.entities else q) for q in candidates.qids
     ]
-    context = context_text(mention) if config.task in TEXT_TASKS else None
+    context = mention.context_text() if config.task in TEXT_TASKS else None
     item = PreparedItem(mention, candidates, texts, context, None)
     if config.task in TEXT_TASKS and not context:
         item.skip = "no_text"

@@ -42,6 +42,16 @@ class Mention:
     def is_nil(self) -> bool:
         return self.gold == NIL
 
+    def context_text(self) -> str:
+        """The text a scorer reads for this mention: "<mention>. <caption>".
+
+        The caption is paper 000's "entity description"; naming the mention first says which
+        of a caption's several mentions is meant.
+        """
+        if not self.mention:
+            return self.sentence.strip()
+        return f"{self.mention}. {self.sentence}".strip(". ").strip()
+
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         record["image_path"] = str(self.image_path) if self.image_path else None

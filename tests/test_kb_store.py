@@ -105,7 +105,11 @@ def test_hard_negatives_share_names(builder: CandidateBuilder, wikimel) -> None:
     mention = wikimel.mention("46351-1")  # "Powers" -> Stefanie Powers
     gold_label = wikimel.entities[mention.gold].label
     by_name = builder.name_neighbours([mention.mention, gold_label], mention.gold, 18)
-    assert {wikimel.entities[q].label for q in by_name} == {"Stefanie Scott", "Francis Powers", "Powers Hapgood"}
+    assert {wikimel.entities[q].label for q in by_name} == {
+        "Stefanie Scott",
+        "Francis Powers",
+        "Powers Hapgood",
+    }
     for seed in range(3):  # the name pool is smaller than its half quota, so all of it is used
         assert set(by_name) <= set(builder.build(mention, size=10, seed=seed).qids)
 
@@ -138,7 +142,15 @@ def test_sizes_full_kb_dataset_lists_and_nil(builder: CandidateBuilder, wikimel)
 @pytest.mark.slow
 def test_kb_build_cli_builds_and_reuses_wikimel(shared_mel: Path, tmp_path: Path) -> None:
     env = {**__import__("os").environ, "MEL_CACHE_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "kb.build", "--dataset", "wikimel", "--data-dir", str(shared_mel / "wikimel")]
+    command = [
+        sys.executable,
+        "-m",
+        "kb.build",
+        "--dataset",
+        "wikimel",
+        "--data-dir",
+        str(shared_mel / "wikimel"),
+    ]
     first = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
     second = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
     assert first["entities"] == second["entities"] == 18_880

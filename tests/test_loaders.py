@@ -31,7 +31,11 @@ def test_wikimel_counts(wikimel) -> None:
 
 def test_wikimel_records_are_faithful(wikimel) -> None:
     mention = wikimel.mention("46351-1")
-    assert (mention.mention, mention.gold, mention.split) == ("Powers", "Q256474", wikimel.mention("46351-0").split)
+    assert (mention.mention, mention.gold, mention.split) == (
+        "Powers",
+        "Q256474",
+        wikimel.mention("46351-0").split,
+    )
     assert mention.sentence[mention.span[0] : mention.span[1]] == "Powers"
     assert wikimel.entities["Q256474"].label == "Stefanie Powers"
     assert wikimel.entities["Q1000070"].description.startswith("Sex: male. Birth: 1900, Erie.")
@@ -94,14 +98,28 @@ def test_mimic_format(shared_mel: Path, tmp_path: Path) -> None:
     names = json.loads((shared_mel / "wikimel" / "qid2ne.json").read_text())
     abstracts = json.loads((shared_mel / "wikimel" / "qid2abs.json").read_text())
     mentions = [
-        {"id": f"{r['id']}-{i}", "mentions": m, "sentence": r["sentence"], "imgPath": f"{r['id']}.png", "answer": a}
+        {
+            "id": f"{r['id']}-{i}",
+            "mentions": m,
+            "sentence": r["sentence"],
+            "imgPath": f"{r['id']}.png",
+            "answer": a,
+        }
         for r in records
         for i, (m, a) in enumerate(zip(r["mentions"], r["answer"], strict=True))
     ]
-    mentions.append({"id": "nil-0", "mentions": "Nobody", "sentence": "Nobody here.", "imgPath": "", "answer": "nil"})
+    mentions.append(
+        {"id": "nil-0", "mentions": "Nobody", "sentence": "Nobody here.", "imgPath": "", "answer": "nil"}
+    )
     (tmp_path / "WIKIMEL_test.json").write_text(json.dumps(mentions))
     kb = [
-        {"id": q, "type": "entity", "entity_name": names[q].replace(" ", "%20"), "attr": abstracts[q], "image_list": []}
+        {
+            "id": q,
+            "type": "entity",
+            "entity_name": names[q].replace(" ", "%20"),
+            "attr": abstracts[q],
+            "image_list": [],
+        }
         for q in {m["answer"] for m in mentions if m["answer"] != "nil"}
     ]
     (tmp_path / "kb_entity.json").write_text(json.dumps(kb))
@@ -119,10 +137,20 @@ def test_m3el_format_uses_its_own_candidates(shared_mel: Path, tmp_path: Path) -
     rows = list(richpedia.values())[:12]
 
     def entity(row: dict) -> dict:
-        return {"Qid": row["answer"], "name": row["entities"], "description": abstracts[row["answer"]], "image": []}
+        return {
+            "Qid": row["answer"],
+            "name": row["entities"],
+            "description": abstracts[row["answer"]],
+            "image": [],
+        }
 
     records = [
-        {**entity(row), "sentence": row["sentence"], "image": [f"{row['id']}.jpg", "", ""], "candidates": [entity(r) for r in rows[:4]] + [entity(row)]}
+        {
+            **entity(row),
+            "sentence": row["sentence"],
+            "image": [f"{row['id']}.jpg", "", ""],
+            "candidates": [entity(r) for r in rows[:4]] + [entity(row)],
+        }
         for row in rows
     ]
     (tmp_path / "M3EL_test.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{broken\n")
@@ -130,7 +158,9 @@ def test_m3el_format_uses_its_own_candidates(shared_mel: Path, tmp_path: Path) -
     assert len(dataset.mentions) == 12 and dataset.mentions[0].split == "test"
     assert all(m.gold in m.candidates for m in dataset.mentions)
     assert dataset.mentions[0].mention == ""  # never the gold name
-    assert [e.reason for e in dataset.errors] == [dataset.errors[0].reason] and "bad JSON" in dataset.errors[0].reason
+    assert [e.reason for e in dataset.errors] == [dataset.errors[0].reason] and "bad JSON" in dataset.errors[
+        0
+    ].reason
 
 
 def test_official_wikidiverse_format(shared_mel: Path, tmp_path: Path) -> None:
@@ -140,7 +170,15 @@ def test_official_wikidiverse_format(shared_mel: Path, tmp_path: Path) -> None:
         spans = []
         for surface, title, qid in zip(record["mention"], record["entity"], record["answer"], strict=True):
             start = record["sentence"].find(surface)
-            spans.append([surface, "ORG", start, start + len(surface), "https://en.wikipedia.org/wiki/" + title.replace(" ", "_")])
+            spans.append(
+                [
+                    surface,
+                    "ORG",
+                    start,
+                    start + len(surface),
+                    "https://en.wikipedia.org/wiki/" + title.replace(" ", "_"),
+                ]
+            )
             title2qid[title] = qid
         rows.append([record["sentence"], record["img-url"], "news", spans])
     (tmp_path / "test.json").write_text(json.dumps(rows))
@@ -158,10 +196,18 @@ def test_chinese_jsonl_format(shared_mel: Path, tmp_path: Path) -> None:
     lines = (shared_mel / "coco-cn" / "coco-cn_ext.icap2020.txt").read_text(encoding="utf-8").splitlines()
     captions = [line.split("\t", 1)[1] for line in lines if "狗" in line][:5]
     (tmp_path / "test.jsonl").write_text(
-        "\n".join(json.dumps({"id": f"zh-{i}", "sentence": c, "mention": "狗", "answer": "Q144"}, ensure_ascii=False) for i, c in enumerate(captions)),
+        "\n".join(
+            json.dumps(
+                {"id": f"zh-{i}", "sentence": c, "mention": "狗", "answer": "Q144"}, ensure_ascii=False
+            )
+            for i, c in enumerate(captions)
+        ),
         encoding="utf-8",
     )
-    (tmp_path / "entities.jsonl").write_text(json.dumps({"qid": "Q144", "label": "狗", "description": "家养的犬科动物"}, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "entities.jsonl").write_text(
+        json.dumps({"qid": "Q144", "label": "狗", "description": "家养的犬科动物"}, ensure_ascii=False),
+        encoding="utf-8",
+    )
     dataset = load_dataset("zh", tmp_path)
     assert len(dataset.mentions) == 5 and {m.language for m in dataset.mentions} == {"zh"}
     assert all(m.sentence[m.span[0] : m.span[1]] == "狗" for m in dataset.mentions)
@@ -188,7 +234,13 @@ def test_bad_records_become_item_errors(shared_mel: Path, tmp_path: Path) -> Non
     for name in ("splits.json", "qid2ne.json", "qid2abs.json"):
         (tmp_path / name).write_text((shared_mel / "wikimel" / name).read_text())
     annotations = {
-        "1": {"id": "1", "sentence": "Ok caption with Powers.", "mentions": ["Powers"], "entities": ["x"], "answer": ["Q256474"]},
+        "1": {
+            "id": "1",
+            "sentence": "Ok caption with Powers.",
+            "mentions": ["Powers"],
+            "entities": ["x"],
+            "answer": ["Q256474"],
+        },
         "2": {"id": "2", "sentence": 5, "mentions": ["x"], "answer": ["Q1"]},
         "3": {"id": "3", "sentence": "Mismatched.", "mentions": ["a", "b"], "answer": ["Q1"]},
         "4": {"id": "4", "sentence": "Bad QID.", "mentions": ["Bad"], "answer": ["not-a-qid"]},
@@ -203,8 +255,18 @@ def test_bad_records_become_item_errors(shared_mel: Path, tmp_path: Path) -> Non
 
 def test_inspect_cli_prints_one_json_object(shared_mel: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "kb.inspect", "--dataset", "wikidiverse", "--data-dir", str(shared_mel / "wikidiverse")],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "kb.inspect",
+            "--dataset",
+            "wikidiverse",
+            "--data-dir",
+            str(shared_mel / "wikidiverse"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     stats = json.loads(out)
     assert {"captions", "mentions", "entities", "images_present", "nil", "splits"} <= set(stats)

@@ -132,6 +132,7 @@ def assemble(parts: Sequence[Part], out: Path) -> Path:
                     )
             dst.flush()
             os.fsync(dst.fileno())
+        tmp.chmod(0o644)  # mkstemp creates 0600; the cache is shared like any downloaded weights
         _write_atomic(sidecar(out), f"{whole.hexdigest()}  {out.name}\n")
         os.replace(tmp, out)
     except BaseException:

@@ -20,7 +20,7 @@ def _load_row(name: str) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         model = registry.get(name)
-    except Exception as exc:  # noqa: BLE001 - reported per model, the run goes on
+    except Exception as exc:  # reported per model; the run goes on
         return {"name": name, "loaded": False, "error": f"{type(exc).__name__}: {exc}"}
     return {
         "name": name,

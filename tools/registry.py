@@ -210,15 +210,12 @@ def _load(name: str) -> Any:
     if name.startswith("hf:"):
         return _load_hf(name.removeprefix("hf:"))
     if name.startswith("openclip:"):
-        arch, _, pretrained = name.removeprefix("openclip:").partition("/")
-        if arch.startswith("hf-hub:"):  # open_clip's own hub schema: the whole rest is the id
-            return _load_openclip(f"{arch}/{pretrained}", None)
-        return _load_openclip(arch, pretrained)
+        return _load_openclip(name.removeprefix("openclip:"))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path
     if (path / "open_clip_config.json").is_file():
-        return _load_openclip(f"local-dir:{path}", None)
+        return _load_openclip(f"local-dir:{path}")
     if (path / "config.json").is_file():
         return _load_hf(str(path))
     if path.exists():
@@ -237,32 +234,41 @@ def _load_hf(name: str) -> HFModel:
     return HFModel(name, _frozen(load_pretrained(AutoModel.from_pretrained, name)))
 
 
-def _load_openclip(arch: str, pretrained: str | None) -> OpenClipModel:
+def _load_openclip(spec: str) -> OpenClipModel:
+    """``spec``: ``<arch>/<tag or weights file>``, or open_clip's own ``hf-hub:<id>``/``local-dir:<dir>``."""
     import open_clip
 
-    label = f"openclip:{arch}" + (f"/{pretrained}" if pretrained else "")
-    if pretrained:
-        pretrained = _openclip_weights(label, arch, pretrained)
-    elif (
-        arch.startswith("hf-hub:")
-        and offline()
-        and not _hub_cached(arch.removeprefix("hf-hub:"), "open_clip_config.json")
-    ):
-        raise _openclip_unavailable(label, arch.removeprefix("hf-hub:"))
+    label = f"openclip:{spec}"
+    pretrained, quick_gelu = None, False
+    if spec.startswith("hf-hub:"):
+        arch = spec
+        if offline() and not _hub_cached(spec.removeprefix("hf-hub:"), "open_clip_config.json"):
+            raise _openclip_unavailable(label, spec)
+    elif spec.startswith("local-dir:"):
+        arch = spec
+    else:
+        arch, _, tag = spec.partition("/")
+        pretrained, quick_gelu = _openclip_weights(label, arch, tag)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, force_quick_gelu=quick_gelu
+        )
     except OSError as exc:
         raise ModelUnavailable(f"model {label!r} cannot be loaded: {exc}") from exc
     return OpenClipModel(arch, _frozen(model), preprocess)
 
 
-def _openclip_weights(label: str, arch: str, pretrained: str) -> str:
-    """A local weights file as is; a tag when its weights are reachable; otherwise ModelUnavailable."""
+def _openclip_weights(label: str, arch: str, pretrained: str) -> tuple[str, bool]:
+    """(weights, quick_gelu): a local file as is, or a tag whose weights are reachable.
+
+    A tag brings its QuickGELU flag (open_clip only warns when e.g. ViT-B-32 meets OpenAI weights,
+    and the outputs drift). A missing tag is an error: open_clip would build a random model.
+    """
     import open_clip
 
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return str(path)
+        return str(path), False
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -271,7 +277,7 @@ def _openclip_weights(label: str, arch: str, pretrained: str) -> str:
         )
     if offline() and not _openclip_cached(cfg):
         raise _openclip_unavailable(label, cfg.get("hf_hub") or cfg.get("url", pretrained))
-    return pretrained
+    return pretrained, bool(cfg.get("quick_gelu"))
 
 
 def _openclip_cached(cfg: dict[str, Any]) -> bool:

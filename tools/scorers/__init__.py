@@ -38,7 +38,7 @@ SCORER_FACTORIES: dict[str, ScorerFactory | str] = {
     "chineseclip": _DUAL_ENCODER,
     "openclip": _DUAL_ENCODER,
     "tagger": "tools.scorers.tagger:load_tagger",
-    # "mcr": "tools.scorers.mcr:load_mcr",
+    "mcr": "tools.scorers.mcr:load_mcr",
 }
 """Name prefix -> factory (callable or lazy "module:function")."""
 

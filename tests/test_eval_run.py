@@ -1,0 +1,120 @@
+"""eval.run end to end on real data: schema, skips with reasons, resume after a cut, caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.metrics import drift, gold_rank, metrics_from_ranks
+from eval.run import RunConfig, run, summary_line
+from kb.errors import DatasetError
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache root for score and text-embedding caches; KB stores stay shared."""
+    from kb.cache import cache_dir
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "kb").symlink_to(cache_dir("kb"), target_is_directory=True)
+    monkeypatch.setenv("MEL_CACHE_DIR", str(root))
+    return root
+
+
+def test_gold_rank_is_pessimistic_on_ties() -> None:
+    assert gold_rank([0.5, 0.5, 0.1], 1) == 2
+    assert gold_rank([0.1, 0.9], 1) == 1
+    assert gold_rank([0.3, 0.3, 0.3], None) == 4
+    metrics = metrics_from_ranks([1, 2, 11]).to_json()
+    assert metrics["acc@1"] == pytest.approx(1 / 3) and metrics["acc@10"] == pytest.approx(2 / 3)
+    assert metrics["mrr"] == pytest.approx((1 + 0.5 + 1 / 11) / 3)
+
+
+def test_drift_counts_flips_and_successes() -> None:
+    clean = {
+        "a": {"prediction": "Q1", "correct": True, "rank": 1},
+        "b": {"prediction": "Q2", "correct": False, "rank": 3},
+    }
+    attacked = {
+        "a": {"prediction": "Q9", "correct": False, "rank": 4},
+        "b": {"prediction": "Q2", "correct": False, "rank": 3},
+    }
+    result = drift(clean, attacked)
+    assert result == {
+        "n": 2,
+        "acc_drop": 0.5,
+        "flip_rate": 0.5,
+        "attack_success": 1.0,
+        "gold_rank_shift": 1.5,
+    }
+
+
+def test_demo_it2t_results_schema(tmp_path: Path, cache: Path) -> None:
+    results = run(RunConfig(dataset="demo", task="it2t", seeds=(0, 1)), tmp_path / "out", progress=False)
+    assert {
+        "dataset",
+        "split",
+        "task",
+        "pipeline",
+        "scorer",
+        "attack",
+        "seeds",
+        "n",
+        "n_skipped",
+        "metrics",
+        "items",
+    } <= set(results)
+    assert set(results["metrics"]) == {"acc@1", "acc@5", "acc@10", "mrr", "mr"}
+    assert results["n"] == 8 and results["n_skipped"] == 0
+    lines = (tmp_path / "out" / "items.jsonl").read_text().splitlines()
+    assert len(lines) == 16
+    record = json.loads(lines[0])
+    assert record["ranking"][0] == record["prediction"] and set(record["ranking"]) == set(
+        record["candidates"]
+    )
+    assert results["metrics"]["acc@1"]["mean"] >= 0.5  # real models on real photos, 10 candidates
+    assert "acc@1" in summary_line(results)
+
+
+def test_wikimel_t2t_is_well_above_chance(tmp_path: Path, cache: Path, shared_mel: Path) -> None:
+    config = RunConfig(dataset="wikimel", task="t2t", limit=200, data_dir=str(shared_mel / "wikimel"))
+    results = run(config, tmp_path / "out", progress=False)
+    assert results["n"] == 200 and results["metrics"]["acc@1"]["mean"] > 0.5  # chance is 0.1
+
+
+def test_i2t_without_images_skips_with_reason(tmp_path: Path, cache: Path, shared_mel: Path) -> None:
+    config = RunConfig(dataset="wikimel", task="i2t", limit=20, data_dir=str(shared_mel / "wikimel"))
+    results = run(config, tmp_path / "out", progress=False)
+    assert results["n"] == 0 and results["skipped"] == {"image_missing": 20}
+
+
+def test_resume_after_a_cut_gives_identical_metrics(tmp_path: Path, cache: Path, shared_mel: Path) -> None:
+    config = RunConfig(
+        dataset="wikimel", task="t2t", limit=30, seeds=(0, 1), data_dir=str(shared_mel / "wikimel")
+    )
+    full = run(config, tmp_path / "full", progress=False)
+    items = (tmp_path / "full" / "items.jsonl").read_text().splitlines()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+    (cut / "items.jsonl").write_text("\n".join(items[:25]) + "\n" + items[25][:40])  # a line cut mid-write
+    resumed = run(config, cut, progress=False)
+    assert resumed["metrics"] == full["metrics"]
+    lines = [json.loads(line) for line in (cut / "items.jsonl").read_text().splitlines()]
+    assert len(lines) == 60 and len({(r["seed"], r["id"]) for r in lines}) == 60
+    with pytest.raises(DatasetError, match="different configuration"):
+        run(
+            RunConfig(dataset="wikimel", task="t2t", limit=31, data_dir=str(shared_mel / "wikimel")),
+            cut,
+            progress=False,
+        )
+
+
+def test_warm_run_never_loads_the_model(tmp_path: Path, cache: Path) -> None:
+    cold = run(RunConfig(dataset="demo", task="i2t"), tmp_path / "cold", progress=False)
+    warm = run(RunConfig(dataset="demo", task="i2t"), tmp_path / "warm", progress=False)
+    assert cold["model_load_seconds"] > 0 and warm["model_load_seconds"] == 0
+    assert warm["metrics"] == cold["metrics"]
