@@ -138,7 +138,14 @@ def prepare(
 
 
 def score_missing(items: list[PreparedItem], scorer: LazyScorer, config: RunConfig) -> None:
-    """Fill ``logits`` of items the cache did not have; an unreadable image becomes a skip."""
+    """Fill ``logits`` of items the cache did not have.
+
+    An unreadable image becomes a skip with the reader's reason; a scorer failure on one item
+    becomes that item's ``scorer_error`` (a failing text batch is retried item by item so one
+    bad input cannot take its neighbours down). Loading the model is not guarded: a scorer
+    that cannot load fails the run at once with its own message.
+    """
+    model = scorer()
     if config.task in IMAGE_TASKS:
         for item in items:  # images differ in size, and resizing is the scorer's job
             try:
@@ -146,15 +153,27 @@ def score_missing(items: list[PreparedItem], scorer: LazyScorer, config: RunConf
             except ImageError as exc:
                 item.skip = f"image_{exc.reason}"
                 continue
-            with torch.no_grad():
-                logits = scorer()(pixels, [item.context] if item.context else None, [item.candidate_texts])
-            item.logits = logits[0].float().numpy()
+            _score(model, [item], pixels)
         return
     for batch in _batches_by_width(items, config.batch_size):
+        if not _score(model, batch, None) and len(batch) > 1:
+            for item in batch:
+                item.skip = None
+                _score(model, [item], None)
+
+
+def _score(model: torch.nn.Module, batch: list[PreparedItem], pixels: torch.Tensor | None) -> bool:
+    contexts = [i.context for i in batch] if batch[0].context is not None else None
+    try:
         with torch.no_grad():
-            logits = scorer()(None, [i.context for i in batch], [i.candidate_texts for i in batch])
-        for item, row in zip(batch, logits.float().numpy(), strict=True):
-            item.logits = row
+            logits = model(pixels, contexts, [i.candidate_texts for i in batch]).float().numpy()
+    except Exception as exc:  # noqa: BLE001 - recorded per item, the run goes on
+        for item in batch:
+            item.skip = f"scorer_error: {type(exc).__name__}: {str(exc)[:200]}"
+        return False
+    for item, row in zip(batch, logits, strict=True):
+        item.logits = row
+    return True
 
 
 def _batches_by_width(items: list[PreparedItem], size: int) -> Iterator[list[PreparedItem]]:

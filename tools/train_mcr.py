@@ -11,8 +11,7 @@ The text-text module is trained with cross-entropy over each mention's candidate
 gold's S_text against the hard negatives of ``kb.candidates``); a batch of 64 is 64
 (label, description) pairs, i.e. 64 // lambda whole candidate sets. The visual-text module
 is trained with InfoNCE (eq. 7) on all train mentions that have an image on disk (whatever
-``--limit``); the pretrained weights use lr 1e-5 and the new linear head and tau ``--head-lr``
-(1e-3: a randomly initialised layer barely moves at 1e-5 in a CPU-sized budget); with the
+``--limit``); with the
 frozen offline tagger backbone that learns tau, with a CLIP-family backbone its weights too.
 """
 
@@ -128,7 +127,7 @@ def fit(
     text_losses = train_text(
         model, examples, optimizer, args.batch_size, args.epochs, random.Random(args.seed)
     )
-    image_losses = train_image(model, examples, optimizer, args.epochs)
+    image_losses = train_image(model, image_examples, optimizer, args.epochs)
     return model, {
         "text_loss_first": round(float(np.mean(text_losses[:10])), 4),
         "text_loss_last": round(float(np.mean(text_losses[-10:])), 4),
@@ -150,12 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="train on N mentions (seeded sample)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument(
-        "--head-lr",
-        type=float,
-        default=1e-3,
-        help="lr of the new linear head and tau (pretrained weights use --lr)",
-    )
     parser.add_argument("--weight-decay", type=float, default=0.001)
     parser.add_argument("--batch-size", type=int, default=64, help="(label, description) pairs per step")
     parser.add_argument("--alpha", type=float, default=0.5)
