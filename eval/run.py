@@ -2,7 +2,7 @@
 
     python -m eval.run --dataset NAME [--data-dir DIR] [--split test] [--limit N]
         [--task i2t|it2t|t2t] [--scorer NAME] [--checkpoint PATH] [--candidates 10|100|all]
-        [--seeds 0,1,2] [--batch-size 64] [--out DIR]
+        [--seeds 0,1,2] [--with-images] [--batch-size 64] [--out DIR]
 
 Writes ``<out>/items.jsonl`` (one line per mention and seed, appended and flushed as it
 finishes, so a killed run resumes from it with the same command and ``--out``),
@@ -54,6 +54,7 @@ class RunConfig:
     checkpoint: str | None = None
     data_dir: str | None = None
     pipeline: str = "prerank"
+    with_images: bool = False
     batch_size: int = 64
 
     def identity(self) -> dict[str, Any]:
@@ -114,10 +115,12 @@ def candidate_builder(dataset: Dataset) -> CandidateBuilder:
 def prepare(
     mention: Mention, candidates: CandidateSet, dataset: Dataset, config: RunConfig, digests: dict[Path, str]
 ) -> PreparedItem:
-    from tools.scorers.base import candidate_prompt
+    from tools.scorers.base import candidate_prompt, template_for
 
+    template = template_for(config.scorer)
     texts = [
-        candidate_prompt(dataset.entities[q].label if q in dataset.entities else q) for q in candidates.qids
+        candidate_prompt(dataset.entities[q].label if q in dataset.entities else q, template)
+        for q in candidates.qids
     ]
     context = mention.context_text() if config.task in TEXT_TASKS else None
     item = PreparedItem(mention, candidates, texts, context, None)
@@ -249,7 +252,10 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, config)
     dataset = load_dataset(config.dataset, config.data_dir)
-    mentions = dataset.split(config.split)[: config.limit] if config.limit else dataset.split(config.split)
+    mentions = dataset.split(config.split)
+    if config.with_images:  # e.g. a partial image download: score what is on disk
+        mentions = [m for m in mentions if m.image_path is not None and m.image_path.is_file()]
+    mentions = mentions[: config.limit] if config.limit else mentions
     builder = candidate_builder(dataset)
     scorer = LazyScorer(config)
     cache = ScoreCache(scorer_identity(config.scorer, config.checkpoint))
@@ -376,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--split", default="test", help="split name, or 'all'")
     parser.add_argument("--limit", type=int, default=None, help="first N mentions of the split")
+    parser.add_argument("--with-images", action="store_true", help="only mentions whose image is on disk")
     parser.add_argument("--task", choices=("i2t", "it2t", "t2t"), default="it2t")
     parser.add_argument(
         "--scorer", default="tagger", help="tagger, mcr, clip:DIR, openclip:ARCH/WEIGHTS, ..."
@@ -401,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         checkpoint=args.checkpoint,
         data_dir=args.data_dir,
+        with_images=args.with_images,
         batch_size=args.batch_size,
     )
     out = args.out or default_out(config)
