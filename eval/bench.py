@@ -50,7 +50,7 @@ def prerank(args: argparse.Namespace) -> None:
             f"mcr: no checkpoint at {args.mcr_checkpoint} (train one with python -m tools.train_mcr); skipped"
         )
     print(
-        f"{'scorer':<8} {'cold s':>8} {'cold m/s':>9} {'warm s':>8} {'warm m/s':>9} {'warm/cold':>9} {'acc@1':>6}  projected full split (cold)"
+        f"{'scorer':<8} {'cold s':>8} {'cold m/s':>9} {'warm s':>8} {'warm m/s':>9} {'speed-up':>9} {'acc@1':>6}  projected full split (cold)"
     )
     for scorer, checkpoint in scorers:
         with tempfile.TemporaryDirectory() as scratch:
