@@ -92,3 +92,17 @@ def test_training_command_writes_a_loadable_checkpoint(tmp_path: Path, shared_me
     assert state["report"]["train_mentions"] == 12 and state["report"]["train_images"] == 24
     assert state["report"]["training"]["image_steps"] == 24
     load_mcr("mcr", checkpoint=str(out))
+
+
+def test_length_sorted_sub_batches_match_one_padded_batch(model: MCRScorer) -> None:
+    labels = ["Grace Hopper", "Ada Lovelace", "Sir Richard Wallace, 1st Baronet", "Moon"] * 5
+    texts = [f"caption {i} " + "word " * (i * 3) for i in range(len(labels))]
+    encoder = model.text_text
+    tokens = encoder.tokenizer(
+        labels, texts, padding=True, truncation="only_second", max_length=64, return_tensors="pt"
+    )
+    with torch.no_grad():
+        expected = encoder.head(encoder.encoder(**tokens).last_hidden_state[:, 0]).squeeze(-1)
+        encoder.sub_batch = 3
+        assert torch.allclose(encoder(labels, texts), expected, atol=1e-4)
+        encoder.sub_batch = 64

@@ -69,18 +69,32 @@ class CrossEncoder(torch.nn.Module):
         self.encoder = load_pretrained(AutoModel.from_pretrained, directory)
         self.head = torch.nn.Linear(self.encoder.config.hidden_size, 1)
         self.max_length = max_length
+        self.sub_batch = 64
+        # pad() after a list __call__ is the point here (length-sorted sub-batches), not a slip
+        self.tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
 
     def forward(self, labels: Sequence[str], descriptions: Sequence[str]) -> torch.Tensor:
+        """S_text per (label, description) pair.
+
+        Pairs are run in length-sorted sub-batches so short captions are not padded to the
+        longest one in a large batch (the attention mask makes the result the same; it only
+        saves the padded compute, about half of it on WikiMEL captions).
+        """
         tokens = self.tokenizer(
-            list(labels),
-            list(descriptions),
-            padding=True,
-            truncation="only_second",
-            max_length=self.max_length,
-            return_tensors="pt",
+            list(labels), list(descriptions), truncation="only_second", max_length=self.max_length
         )
-        hidden = self.encoder(**tokens).last_hidden_state[:, 0]  # H_[CLS]
-        return self.head(hidden).squeeze(-1)
+        order = sorted(range(len(labels)), key=lambda i: len(tokens["input_ids"][i]))
+        scores = []
+        for start in range(0, len(order), self.sub_batch):
+            chunk = order[start : start + self.sub_batch]
+            batch = self.tokenizer.pad(
+                {k: [v[i] for i in chunk] for k, v in tokens.items()}, return_tensors="pt"
+            )
+            hidden = self.encoder(**batch).last_hidden_state[:, 0]  # H_[CLS]
+            scores.append(self.head(hidden).squeeze(-1))
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(scores)[inverse]
 
 
 class MCRScorer(Scorer):
