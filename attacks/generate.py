@@ -51,7 +51,6 @@ from kb.dataset import Dataset, dataset_names, load_dataset
 from kb.errors import DatasetError, ImageError
 from kb.images import load_rgb, to_tensor
 from kb.records import Mention
-from tools.scorers.base import candidate_prompt, template_for
 
 
 @dataclass(frozen=True)
@@ -101,16 +100,11 @@ def prepare_items(dataset: Dataset, mentions: list[Mention], config: GenerateCon
         candidates=config.candidates,
         seeds=(config.seed,),
     )
-    template = template_for(config.scorer)
     digests: dict[Path, str] = {}
     items = []
     for mention, candidates in zip(mentions, sets, strict=True):
         prepared = prepare(mention, candidates, dataset, run_config, digests)
-        texts = [
-            candidate_prompt(dataset.entities[q].label if q in dataset.entities else q, template)
-            for q in candidates.qids
-        ]
-        item = AttackItem(mention, candidates, texts, prepared.context, prepared.skip)
+        item = AttackItem(mention, candidates, prepared.candidate_texts, prepared.context, prepared.skip)
         if item.error is None and candidates.gold_index is None:
             item.error = "no_gold_in_candidates"
             item.detail = "NIL or gold outside the candidate set: no label to attack"
