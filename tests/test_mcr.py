@@ -89,8 +89,9 @@ def test_training_command_writes_a_loadable_checkpoint(tmp_path: Path, shared_me
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "fold 2/2" in result.stdout and out.is_file()
     state = torch.load(out, map_location="cpu", weights_only=False)
-    assert state["report"]["train_mentions"] == 12 and state["report"]["train_images"] == 24
-    assert state["report"]["training"]["image_steps"] == 24
+    # every train mention with its image on disk (43 mentions over 24 of WikiMEL's 26 images)
+    assert state["report"]["train_mentions"] == 12 and state["report"]["train_image_mentions"] == 43
+    assert state["report"]["training"]["image_steps"] == 43
     load_mcr("mcr", checkpoint=str(out))
 
 

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": dataset.name,
         "split": args.split,
         "train_mentions": len(examples),
-        "train_images": len(image_examples),
+        "train_image_mentions": len(image_examples),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "training": training,
         "cv_acc@1": {"folds": folds, "mean": float(np.mean(folds)), "std": float(np.std(folds))}
