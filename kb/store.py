@@ -17,7 +17,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,22 @@ def open_store(
     return KBStore(path, collection, manifest, reused)
 
 
+@contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """A private folder to build in, renamed to ``path`` only if the build completes."""
+    _remove_abandoned_builds(path)
+    staging = path.with_name(f"{path.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if path.exists():  # another process finished first; keep its complete store
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        os.replace(staging, path)
+
+
 def _build(
     path: Path,
     entities: dict[str, Entity],
@@ -145,62 +162,40 @@ def _build(
     progress: bool,
     on_batch: Callable[[int], None] | None,
 ) -> None:
-    _remove_abandoned_builds(path)
-    staging = path.with_name(f"{path.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        _fill(staging, entities, encoder, encoder_id, fingerprint, dataset_name, progress, on_batch)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if path.exists():  # another process finished first; keep its complete store
-        shutil.rmtree(staging, ignore_errors=True)
-        return
-    os.replace(staging, path)
-
-
-def _fill(
-    staging: Path,
-    entities: dict[str, Entity],
-    encoder: Any,
-    encoder_id: str,
-    fingerprint: str,
-    dataset_name: str,
-    progress: bool,
-    on_batch: Callable[[int], None] | None,
-) -> None:
     import chromadb
 
-    started = time.perf_counter()
-    client = chromadb.PersistentClient(path=str(staging / "chroma"))
-    collection = client.create_collection(
-        COLLECTION,
-        embedding_function=EncoderEmbeddingFunction(encoder),
-        metadata={"hnsw:space": "cosine"},
-    )
-    qids = sorted(entities)
-    bar = tqdm(total=len(qids), desc=f"kb.build {dataset_name}", unit="entity", disable=not progress)
-    for start in range(0, len(qids), BATCH):
-        chunk = [entities[q] for q in qids[start : start + BATCH]]
-        texts = [e.text() for e in chunk]
-        collection.add(
-            ids=[e.qid for e in chunk],
-            documents=texts,
-            embeddings=encoder.encode(texts, kind="passage"),
-            metadatas=[{"label": e.label, "aliases": " | ".join(e.aliases)} for e in chunk],
+    with _staged(path) as staging:
+        started = time.perf_counter()
+        client = chromadb.PersistentClient(path=str(staging / "chroma"))
+        collection = client.create_collection(
+            COLLECTION,
+            embedding_function=EncoderEmbeddingFunction(encoder),
+            metadata={"hnsw:space": "cosine"},
         )
-        bar.update(len(chunk))
-        if on_batch is not None:
-            on_batch(start + len(chunk))
-    bar.close()
-    manifest = {
-        "dataset": dataset_name,
-        "fingerprint": fingerprint,
-        "encoder": encoder_id,
-        "entities": len(qids),
-        "seconds": round(time.perf_counter() - started, 2),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        qids = sorted(entities)
+        bar = tqdm(total=len(qids), desc=f"kb.build {dataset_name}", unit="entity", disable=not progress)
+        for start in range(0, len(qids), BATCH):
+            chunk = [entities[q] for q in qids[start : start + BATCH]]
+            texts = [e.text() for e in chunk]
+            collection.add(
+                ids=[e.qid for e in chunk],
+                documents=texts,
+                embeddings=encoder.encode(texts, kind="passage"),
+                metadatas=[{"label": e.label, "aliases": " | ".join(e.aliases)} for e in chunk],
+            )
+            bar.update(len(chunk))
+            if on_batch is not None:
+                on_batch(start + len(chunk))
+        bar.close()
+        manifest = {
+            "dataset": dataset_name,
+            "fingerprint": fingerprint,
+            "encoder": encoder_id,
+            "entities": len(qids),
+            "seconds": round(time.perf_counter() - started, 2),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def _remove_abandoned_builds(path: Path) -> None:
