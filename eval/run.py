@@ -3,12 +3,23 @@
     python -m eval.run --dataset NAME [--data-dir DIR] [--split test] [--limit N]
         [--task i2t|it2t|t2t] [--scorer NAME] [--checkpoint PATH] [--candidates 10|100|all]
         [--seeds 0,1,2] [--with-images] [--batch-size 64] [--out DIR]
+        [--attack PRESET|LIST|all [--adv-dir ADV-MEL] [--adv-format png|pt]
+         [--attack-config FILE] [--threads T]]
 
-Writes ``<out>/items.jsonl`` (one line per mention and seed, appended and flushed as it
-finishes, so a killed run resumes from it with the same command and ``--out``),
+Writes ``<out>/items.jsonl`` (one line per condition, mention and seed, appended and flushed
+as it finishes, so a killed run resumes from it with the same command and ``--out``),
 ``<out>/config.json`` and ``<out>/results.json`` (schema in ../shared/ARCHITECTURE.md), and
 prints a one-line summary. Mentions a task cannot score (no image in i2t, an unreadable
 image, no text in t2t) are skipped and counted by reason, never a crash.
+
+Every item line has ``condition``: ``"clean"``, or the attack preset whose stored adversarial
+image replaced the mention's image (lines written before conditions existed read as clean).
+With ``--attack`` the clean run is followed by a replay of each preset's adversarial images
+(``eval.replay``; missing ones are generated first) and ``results.json`` gains ``attacks``:
+``{preset: {n, n_skipped, skipped, metrics, metrics_per_seed, drift, ...}}`` (fields in
+``eval.replay``); ``table.md``, ``table.csv`` and ``accuracy_per_attack.png`` (``eval.tables``)
+are written next to it and the Markdown table is printed. The clean part of ``results.json``
+is the same as without ``--attack``.
 
 Context text for it2t/t2t is ``Mention.context_text()``: "<mention>. <caption>".
 """
@@ -21,7 +32,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +41,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval.metrics import gold_rank, mean_std, metrics_from_ranks, ranking
+from eval import replay, tables
+from eval.metrics import drift, gold_rank, mean_std, metrics_from_ranks, ranking
 from eval.score_cache import ScoreCache, file_digest
 from kb.candidates import CandidateBuilder, CandidateSet
 from kb.dataset import Dataset, dataset_names, load_dataset
@@ -40,6 +52,8 @@ from kb.records import Mention
 
 IMAGE_TASKS = ("i2t", "it2t")
 TEXT_TASKS = ("it2t", "t2t")
+CLEAN = "clean"
+ATTACK_FIELDS = ("attack", "adv_dir", "adv_format", "attack_config")
 
 
 @dataclass(frozen=True)
@@ -56,10 +70,21 @@ class RunConfig:
     pipeline: str = "prerank"
     with_images: bool = False
     batch_size: int = 64
+    attack: str | None = None  # preset name, comma list or "all": replay after the clean run
+    adv_dir: str = "ADV-MEL"
+    adv_format: str = "png"
+    attack_config: str | None = None  # custom presets file (attacks.presets.load_presets)
 
     def identity(self) -> dict[str, Any]:
-        """What must match for an existing output folder to be resumed."""
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        """What must match for an existing output folder to be resumed.
+
+        A clean run leaves the attack fields out, so folders written before they existed resume.
+        """
+        identity = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        if self.attack is None:
+            for key in ATTACK_FIELDS:
+                identity.pop(key)
+        return identity
 
 
 @dataclass
@@ -72,6 +97,13 @@ class PreparedItem:
     key: str = ""
     logits: np.ndarray | None = None
     skip: str | None = None
+    source: Path | None = None  # scored instead of the mention's image: a stored adversarial image
+    notes: dict[str, Any] = field(default_factory=dict)  # extra fields for the item's record
+
+    def refresh_key(self, task: str) -> None:
+        """Score-cache key of exactly what is scored (a stored image is already cropped)."""
+        bbox = None if self.source is not None else self.mention.bbox
+        self.key = ScoreCache.key(task, self.image_digest, bbox, self.context, self.candidate_texts)
 
 
 @dataclass
@@ -136,8 +168,15 @@ def prepare(
                 digests[mention.image_path] = file_digest(mention.image_path)
             item.image_digest = digests[mention.image_path]
     if item.skip is None:
-        item.key = ScoreCache.key(config.task, item.image_digest, mention.bbox, context, texts)
+        item.refresh_key(config.task)
     return item
+
+
+def pixels_of(item: PreparedItem) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1]: the item's adversarial image if it has one, else its mention's."""
+    if item.source is not None:
+        return replay.read_adversarial(item.source).unsqueeze(0)
+    return to_tensor(load_rgb(item.mention.image_path, item.mention.bbox)).unsqueeze(0)
 
 
 def score_missing(items: list[PreparedItem], scorer: LazyScorer, config: RunConfig) -> None:
@@ -152,7 +191,7 @@ def score_missing(items: list[PreparedItem], scorer: LazyScorer, config: RunConf
     if config.task in IMAGE_TASKS:
         for item in items:  # images differ in size, and resizing is the scorer's job
             try:
-                pixels = to_tensor(load_rgb(item.mention.image_path, item.mention.bbox)).unsqueeze(0)
+                pixels = pixels_of(item)
             except ImageError as exc:
                 item.skip = f"image_{exc.reason}"
                 continue
@@ -188,13 +227,15 @@ def _batches_by_width(items: list[PreparedItem], size: int) -> Iterator[list[Pre
             yield group[start : start + size]
 
 
-def item_record(item: PreparedItem, seed: int) -> dict[str, Any]:
+def item_record(item: PreparedItem, seed: int, condition: str = CLEAN) -> dict[str, Any]:
     mention, candidates = item.mention, item.candidates
     record: dict[str, Any] = {
+        "condition": condition,
         "id": mention.id,
         "seed": seed,
         "gold": mention.gold,
         "candidates": list(candidates.qids),
+        **item.notes,
     }
     if item.skip is not None:
         return {**record, "error": item.skip}
@@ -213,12 +254,25 @@ def item_record(item: PreparedItem, seed: int) -> dict[str, Any]:
     }
 
 
-class ItemLog:
-    """The append-only per-item JSONL: reading what a killed run finished, appending and flushing."""
+def record_key(record: dict[str, Any]) -> tuple[str, int, str]:
+    """Resume key of an ``items.jsonl`` line: (condition, seed, id); old lines are clean."""
+    return (record.get("condition", CLEAN), record["seed"], record["id"])
 
-    def __init__(self, path: Path) -> None:
+
+def _seed_and_id(record: dict[str, Any]) -> tuple[int, str]:
+    return (record["seed"], record["id"])
+
+
+class ItemLog:
+    """The append-only per-item JSONL: reading what a killed run finished, appending and flushing.
+
+    ``key`` names a line for resuming (default (seed, id), as attack manifests use).
+    """
+
+    def __init__(self, path: Path, key: Callable[[dict[str, Any]], Hashable] = _seed_and_id) -> None:
         self.path = path
-        self.done: dict[tuple[int, str], dict[str, Any]] = {}
+        self.key = key
+        self.done: dict[Hashable, dict[str, Any]] = {}
         if path.is_file():
             with path.open("r", encoding="utf-8") as handle:
                 for line in handle:
@@ -226,7 +280,7 @@ class ItemLog:
                         record = json.loads(line)
                     except json.JSONDecodeError:
                         break  # a line cut by a kill: everything after it is redone
-                    self.done[(record["seed"], record["id"])] = record
+                    self.done[key(record)] = record
             self._rewrite_complete_lines()
         self.handle = path.open("a", encoding="utf-8")
 
@@ -240,63 +294,141 @@ class ItemLog:
     def append(self, record: dict[str, Any]) -> None:
         self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.handle.flush()
-        self.done[(record["seed"], record["id"])] = record
+        self.done[self.key(record)] = record
 
     def close(self) -> None:
         self.handle.close()
 
 
-def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Evaluate, resuming from ``out/items.jsonl`` when it holds a run of the same config."""
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, config)
-    dataset = load_dataset(config.dataset, config.data_dir)
+def select_mentions(dataset: Dataset, config: RunConfig) -> list[Mention]:
+    """The split's mentions the run scores (``--with-images``, then ``--limit``)."""
     mentions = dataset.split(config.split)
     if config.with_images:  # e.g. a partial image download: score what is on disk
         mentions = [m for m in mentions if m.image_path is not None and m.image_path.is_file()]
-    mentions = mentions[: config.limit] if config.limit else mentions
-    builder = candidate_builder(dataset)
-    scorer = LazyScorer(config)
-    cache = ScoreCache(scorer_identity(config.scorer, config.checkpoint))
-    log = ItemLog(out / "items.jsonl")
-    digests: dict[Path, str] = {}
-    outcomes = {seed: SeedOutcome() for seed in config.seeds}
-    bar = tqdm(
-        total=len(mentions) * len(config.seeds),
-        desc=f"eval {config.dataset} {config.task}",
-        unit="mention",
-        disable=not progress,
-    )
-    try:
-        for seed in config.seeds:
-            for start in range(0, len(mentions), config.batch_size):
-                chunk = mentions[start : start + config.batch_size]
-                todo = [m for m in chunk if (seed, m.id) not in log.done]
-                sets = builder.build_all(todo, config.candidates, seed)
-                items = [prepare(m, c, dataset, config, digests) for m, c in zip(todo, sets, strict=True)]
-                scorable = [i for i in items if i.skip is None]
-                hits = cache.get_many([i.key for i in scorable])
-                for item in scorable:
-                    item.logits = hits.get(item.key)
-                missing = [i for i in scorable if i.logits is None]
-                if missing:
-                    score_missing(missing, scorer, config)
-                    cache.put_many({i.key: i.logits for i in missing if i.logits is not None})
-                for item in items:
-                    log.append(item_record(item, seed))
-                bar.update(len(chunk))
-            for mention in mentions:
-                record = log.done[(seed, mention.id)]
+    return mentions[: config.limit] if config.limit else mentions
+
+
+class Evaluator:
+    """Scores the run's mentions under one condition at a time, resuming from ``items.jsonl``.
+
+    The clean condition scores each mention's own image; an attack condition scores the same
+    mentions with the same candidate sets (same builder, same seed) after ``attach`` has
+    pointed each item at its adversarial image or recorded why it has none.
+    """
+
+    def __init__(
+        self, config: RunConfig, dataset: Dataset, mentions: list[Mention], out: Path, progress: bool
+    ) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.mentions = mentions
+        self.progress = progress
+        self.builder = candidate_builder(dataset)
+        self.scorer = LazyScorer(config)
+        self.cache = ScoreCache(scorer_identity(config.scorer, config.checkpoint))
+        self.log = ItemLog(out / "items.jsonl", key=record_key)
+        self.digests: dict[Path, str] = {}
+
+    def evaluate(self, condition: str = CLEAN, attach: Callable[[PreparedItem], None] | None = None) -> None:
+        config, log = self.config, self.log
+        bar = tqdm(
+            total=len(self.mentions) * len(config.seeds),
+            desc=f"eval {config.dataset} {config.task} {condition}",
+            unit="mention",
+            disable=not self.progress,
+        )
+        try:
+            for seed in config.seeds:
+                for start in range(0, len(self.mentions), config.batch_size):
+                    chunk = self.mentions[start : start + config.batch_size]
+                    todo = [m for m in chunk if (condition, seed, m.id) not in log.done]
+                    sets = self.builder.build_all(todo, config.candidates, seed)
+                    items = [
+                        prepare(m, c, self.dataset, config, self.digests)
+                        for m, c in zip(todo, sets, strict=True)
+                    ]
+                    if attach is not None:
+                        for item in items:
+                            attach(item)
+                    self._score(items)
+                    for item in items:
+                        log.append(item_record(item, seed, condition))
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+
+    def _score(self, items: list[PreparedItem]) -> None:
+        scorable = [i for i in items if i.skip is None]
+        hits = self.cache.get_many([i.key for i in scorable])
+        for item in scorable:
+            item.logits = hits.get(item.key)
+        missing = [i for i in scorable if i.logits is None]
+        if missing:
+            score_missing(missing, self.scorer, self.config)
+            self.cache.put_many({i.key: i.logits for i in missing if i.logits is not None})
+
+    def records(self, condition: str, seed: int) -> list[dict[str, Any]]:
+        """This run's lines of one condition and seed, in mention order."""
+        return [self.log.done[(condition, seed, m.id)] for m in self.mentions]
+
+    def summary(self, condition: str) -> dict[str, Any]:
+        """n, skips (first seed) and metrics (mean/std over seeds and per seed) of one condition."""
+        outcomes = {seed: SeedOutcome() for seed in self.config.seeds}
+        for seed, outcome in outcomes.items():
+            for record in self.records(condition, seed):
                 if record["error"]:
-                    outcomes[seed].skipped[record["error"]] += 1
+                    outcome.skipped[record["error"]] += 1
                 else:
-                    outcomes[seed].ranks.append(record["rank"])
+                    outcome.ranks.append(record["rank"])
+        per_seed = {seed: metrics_from_ranks(o.ranks) for seed, o in outcomes.items()}
+        first = outcomes[self.config.seeds[0]]
+        return {
+            "n": per_seed[self.config.seeds[0]].n,
+            "n_skipped": sum(first.skipped.values()),
+            "skipped": dict(first.skipped),
+            "metrics": mean_std([m.to_json() for m in per_seed.values()]),
+            "metrics_per_seed": {str(seed): m.to_json() for seed, m in per_seed.items()},
+        }
+
+    def drift_from_clean(self, condition: str) -> dict[str, float]:
+        """``eval.metrics.drift`` of clean vs ``condition``, pooled over (seed, item) pairs scored in both."""
+        scored: dict[str, dict[str, dict[str, Any]]] = {CLEAN: {}, condition: {}}
+        for name, by_key in scored.items():
+            for seed in self.config.seeds:
+                for record in self.records(name, seed):
+                    if not record["error"]:
+                        by_key[f"{seed}:{record['id']}"] = record
+        return drift(scored[CLEAN], scored[condition])
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Evaluate (and replay attacks), resuming from ``out/items.jsonl`` when it holds this config."""
+    started = time.perf_counter()
+    if config.attack and config.task not in IMAGE_TASKS:
+        raise ValueError(f"--attack perturbs images: use an image task ({', '.join(IMAGE_TASKS)})")
+    presets = replay.presets_for(config) if config.attack else []  # unknown names fail before work
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, config)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    mentions = select_mentions(dataset, config)
+    evaluator = Evaluator(config, dataset, mentions, out, progress)
+    attacks = None
+    try:
+        evaluator.evaluate(CLEAN)
+        if presets:
+            attacks = replay.replay_attacks(evaluator, presets, progress)
     finally:
-        bar.close()
-        log.close()
-    results = _results(config, dataset, mentions, outcomes, out, time.perf_counter() - started, scorer)
+        evaluator.close()
+    results = _results(config, dataset, mentions, evaluator, out, time.perf_counter() - started)
+    if attacks is not None:
+        results["attack"] = list(attacks)
+        results["attacks"] = attacks
     _write_json(out / "results.json", results)
+    if attacks is not None:
+        tables.write_tables([results], out)
     return results
 
 
@@ -304,13 +436,10 @@ def _results(
     config: RunConfig,
     dataset: Dataset,
     mentions: Sequence[Mention],
-    outcomes: dict[int, SeedOutcome],
+    evaluator: Evaluator,
     out: Path,
     seconds: float,
-    scorer: LazyScorer,
 ) -> dict[str, Any]:
-    per_seed = {seed: metrics_from_ranks(o.ranks) for seed, o in outcomes.items()}
-    first = outcomes[config.seeds[0]]
     return {
         "dataset": dataset.name,
         "split": config.split,
@@ -321,16 +450,12 @@ def _results(
         "attack": None,
         "candidates": config.candidates if config.candidates is not None else "all",
         "seeds": list(config.seeds),
-        "n": per_seed[config.seeds[0]].n,
-        "n_skipped": sum(first.skipped.values()),
-        "skipped": dict(first.skipped),
+        **evaluator.summary(CLEAN),
         "n_mentions": len(mentions),
         "nil": sum(1 for m in mentions if m.is_nil),
-        "metrics": mean_std([m.to_json() for m in per_seed.values()]),
-        "metrics_per_seed": {str(seed): m.to_json() for seed, m in per_seed.items()},
         "items": str(out / "items.jsonl"),
         "seconds": round(seconds, 2),
-        "model_load_seconds": round(scorer.load_seconds, 2),
+        "model_load_seconds": round(evaluator.scorer.load_seconds, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -397,7 +522,24 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="output folder (default: a new one under runs/)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    attack = parser.add_argument_group("attack replay (eval.replay)")
+    attack.add_argument(
+        "--attack", default=None, help="replay adversarial images: pgd-n, ..., cw-s, a comma list, or all"
+    )
+    attack.add_argument(
+        "--adv-dir", default="ADV-MEL", help="root of <PRESET folder>/<dataset>/ (attacks.generate --out)"
+    )
+    attack.add_argument(
+        "--adv-format",
+        choices=replay.ADV_FORMATS,
+        default="png",
+        help="png: the released 8-bit images (default); pt: the exact float tensors",
+    )
+    attack.add_argument("--attack-config", default=None, help="JSON/TOML file of custom presets")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     config = RunConfig(
         dataset=args.dataset,
         split=args.split,
@@ -410,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         with_images=args.with_images,
         batch_size=args.batch_size,
+        attack=args.attack,
+        adv_dir=args.adv_dir,
+        adv_format=args.adv_format,
+        attack_config=args.attack_config,
     )
     out = args.out or default_out(config)
     try:
@@ -418,6 +564,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary_line(results))
+    for preset, attacked in results.get("attacks", {}).items():
+        print(replay.summary_line(preset, attacked))
+    if results.get("attacks"):
+        print()
+        print((out / tables.MARKDOWN).read_text(encoding="utf-8"))
+        print(f"tables: {out / tables.MARKDOWN}, {out / tables.CSV}, {out / tables.PLOT}")
     print(f"results: {out / 'results.json'}")
     return 0
 

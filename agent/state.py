@@ -1,0 +1,56 @@
+"""The typed state one linking decision carries through the graph.
+
+Everything in it is plain JSON (the SQLite checkpointer stores it, ``agent.trace`` reads it):
+pixels stay on disk and are named by ``ImageRef``; models live in ``agent.resources``.
+Each node writes its own keys and appends one entry to ``steps`` (node, seconds, what it
+decided), so a trace reads in order and a diff can find the first node whose output changed.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+
+class ImageRef(TypedDict):
+    """Where the pixels are: a picture file or an exact float tensor (``.pt``) of an attack."""
+
+    path: str
+    bbox: list[float] | None
+    condition: str  # "clean" or an attack preset folder such as "PGD-strong"
+
+
+class Candidate(TypedDict):
+    qid: str
+    label: str
+    description: str  # the KB's own text, used when nothing better is available
+
+
+class LinkState(TypedDict, total=False):
+    run_id: str
+    mention_id: str
+    mention: str
+    sentence: str
+    language: str
+    gold: str | None  # read by the answer node only, to mark the trace correct or not
+    image: ImageRef | None
+    candidates: list[Candidate]
+    descriptors: dict[str, Any]
+    evidence: dict[str, list[dict[str, Any]]]  # QID -> evidence records
+    looked_up: list[str]  # QIDs whose evidence this decision fetched (the rest came from the store)
+    context_evidence: list[dict[str, Any]]
+    retrieval: dict[str, float]  # QID -> cosine of its stored evidence to the image+context query
+    descriptions: dict[str, str]  # QID -> the LLM's sentence-level description
+    description_origin: dict[str, str]  # QID -> "llm" | "store" | "fallback:<why>"
+    prerank: dict[str, Any]
+    judge: dict[str, Any]
+    decision: str
+    decided_by: str  # "judge" | "prerank" (judge skipped or failed)
+    ranking: list[str]
+    correct: bool | None
+    fallbacks: Annotated[list[str], operator.add]
+    steps: Annotated[list[dict[str, Any]], operator.add]
+
+
+NODES = ("describe", "retrieve", "store", "enrich", "prerank", "judge", "answer")
+"""The graph's nodes in execution order (the judge may be skipped)."""

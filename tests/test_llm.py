@@ -1,0 +1,331 @@
+"""LLM backends: settings, the OpenAI-compatible client against misbehaving servers, the answer
+parser, and the real embedded model in-process and over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from openai_faults_server import ANSWER, MODEL, closed_port, fault_server
+
+from tools.llm import EmbeddedChat, LLMError, LLMSettings, OpenAIChat, chat_model, parse_choice
+from tools.llm.openai_chat import parse_sse, retry_after
+
+HI = [{"role": "user", "content": "hi"}]
+# What may pass beyond a budget: thread hand-off and one interpreter scheduling slice, on a
+# loaded 2-core machine.
+SLACK_S = 0.5
+
+
+def _client(url: str, **changes) -> OpenAIChat:
+    base = dict(base_url=url, model=MODEL, timeout_s=2.0, retries=3, backoff_s=0.05, budget_s=10.0)
+    return OpenAIChat(LLMSettings(**{**base, **changes}))
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_settings_from_env_with_overrides(monkeypatch) -> None:
+    monkeypatch.setenv("MEL_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("MEL_LLM_MODEL", "qwen")
+    monkeypatch.setenv("MEL_LLM_TIMEOUT_S", "7.5")
+    monkeypatch.setenv("MEL_LLM_RETRIES", "5")
+    monkeypatch.setenv("MEL_LLM_STREAM", "yes")
+    monkeypatch.setenv("MEL_VLM_MODEL", "qwen2.5-vl")
+    settings = LLMSettings.from_env(model=None, temperature=0.75, api_key="sk-secret")
+    assert settings.base_url == "http://127.0.0.1:9/v1" and settings.model == "qwen"
+    assert (settings.timeout_s, settings.retries, settings.stream, settings.temperature) == (
+        7.5,
+        5,
+        True,
+        0.75,
+    )
+    assert "sk-secret" not in repr(settings) and settings.to_json()["api_key"] == "***"
+    vlm = LLMSettings.from_env("MEL_VLM")
+    assert vlm.model == "qwen2.5-vl" and vlm.base_url is None and vlm.timeout_s == 60.0
+    monkeypatch.setenv("MEL_LLM_RETRIES", "many")
+    with pytest.raises(ValueError, match="RETRIES|retries"):
+        LLMSettings.from_env()
+    with pytest.raises(TypeError, match="unknown"):
+        LLMSettings.from_env("MEL_VLM", base_ur="typo")
+    with pytest.raises(ValueError):
+        LLMSettings(timeout_s=0)
+
+
+def test_chat_model_picks_the_backend_by_base_url() -> None:
+    remote = chat_model(LLMSettings(base_url="http://127.0.0.1:8000/v1/", model="m"))
+    assert isinstance(remote, OpenAIChat) and remote.name == "openai:m@http://127.0.0.1:8000/v1"
+    embedded = chat_model(LLMSettings())
+    assert isinstance(embedded, EmbeddedChat)
+    assert embedded.name == "embedded:qwen2.5-coder-1.5b-instruct-q4_k_m"
+
+
+def test_retry_after_header_forms() -> None:
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after({}) is None and retry_after({"retry-after": "soon"}) is None
+    later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 <= retry_after({"retry-after": later}) <= 31
+
+
+# --- the OpenAI-compatible client against a misbehaving server ---------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("fault", ["500", "malformed", "empty", "cut", "hangup"])
+def test_one_fault_is_retried_then_answered(fault: str, stream: bool) -> None:
+    with fault_server([fault]) as server:
+        client = _client(server.url, stream=stream)
+        reply = client.chat(HI)
+    assert reply.text == ANSWER and reply.attempts == 2 and reply.model == MODEL
+    assert server.seen == [fault, "ok"]
+    assert client.stats.as_dict() == {"calls": 1, "attempts": 2, "retries": 1, "failures": 0}
+    if not stream:
+        assert (reply.prompt_tokens, reply.completion_tokens) == (7, 5)
+
+
+def test_429_retry_after_is_honoured() -> None:
+    with fault_server(["429:0.6"]) as server:
+        start = time.monotonic()
+        reply = _client(server.url, backoff_s=0.01).chat(HI)
+    assert reply.attempts == 2 and time.monotonic() - start >= 0.6
+
+
+def test_429_asking_past_the_budget_gives_up_at_once() -> None:
+    with fault_server(default="429:30") as server:
+        start = time.monotonic()
+        with pytest.raises(LLMError, match="HTTP 429.*budget"):
+            _client(server.url, budget_s=5.0).chat(HI)
+    assert time.monotonic() - start < 1.0 and server.seen == ["429:30"]
+
+
+def test_persistent_500_raises_llm_error_naming_server_model_and_cause() -> None:
+    with fault_server(default="500") as server:
+        client = _client(server.url, retries=2)
+        with pytest.raises(LLMError) as caught:
+            client.chat(HI)
+    error = caught.value
+    assert server.url in str(error) and MODEL in str(error) and "HTTP 500: boom" in str(error)
+    assert error.attempts == 3 and len(server.seen) == 3
+    assert client.stats.as_dict() == {"calls": 1, "attempts": 3, "retries": 2, "failures": 1}
+
+
+def test_client_errors_are_not_retried() -> None:
+    with fault_server(default="400") as server, pytest.raises(LLMError, match="HTTP 400: bad model"):
+        _client(server.url).chat(HI)
+    assert server.seen == ["400"]
+
+
+def test_closed_port_fails_fast_with_a_connection_error() -> None:
+    client = _client(f"http://127.0.0.1:{closed_port()}/v1", retries=2)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="connection failed") as caught:
+        client.chat(HI)
+    assert caught.value.attempts == 3 and time.monotonic() - start < 2.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("fault", ["sleep:30", "drip", "drip-headers"])
+def test_no_attempt_outlives_its_timeout_and_no_call_its_budget(fault: str, stream: bool) -> None:
+    """A stalled server, and servers that send a byte every 0.2 s forever (in the body or in the
+    headers, where no read ever times out), are all cut off on time."""
+    with fault_server(default=fault) as server:
+        client = _client(server.url, timeout_s=0.6, retries=10, backoff_s=0.05, budget_s=1.5, stream=stream)
+        start = time.monotonic()
+        with pytest.raises(LLMError, match=r"within|after") as caught:
+            client.chat(HI)
+        elapsed = time.monotonic() - start
+    assert elapsed <= 1.5 + SLACK_S
+    assert caught.value.attempts >= 2  # the first attempt stopped at 0.6 s, leaving time to retry
+
+
+def test_single_attempt_stops_at_timeout_without_retries() -> None:
+    with fault_server(default="drip") as server:
+        start = time.monotonic()
+        with pytest.raises(LLMError, match="retries exhausted"):
+            _client(server.url, timeout_s=0.5, retries=0).chat(HI)
+    assert 0.5 <= time.monotonic() - start <= 0.5 + SLACK_S
+
+
+def test_model_is_looked_up_when_not_configured() -> None:
+    with fault_server() as server:
+        client = _client(server.url, model=None)
+        assert client.name.startswith("openai:auto@")
+        client.chat(HI, temperature=0.75, max_tokens=9, seed=3)
+        assert client.name == f"openai:{MODEL}@{server.url}"
+    sent = server.bodies[-1]
+    assert (sent["model"], sent["temperature"], sent["max_tokens"], sent["seed"]) == (MODEL, 0.75, 9, 3)
+
+
+def test_settings_temperature_is_the_default() -> None:
+    with fault_server() as server:
+        _client(server.url, temperature=0.75).chat(HI)
+    assert server.bodies[-1]["temperature"] == 0.75
+
+
+def test_sse_parser_requires_a_finish_reason() -> None:
+    whole = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"A"},"finish_reason":null}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":3}}\n\n'
+    )
+    assert parse_sse(whole) == ("A", {"prompt_tokens": 3}, None)
+    assert parse_sse(whole + b"data: [DONE]\n\n")[0] == "A"
+    with pytest.raises(RuntimeError, match="finish_reason"):
+        parse_sse(whole.split(b"\n\n")[0] + b"\n\ndata: [DONE]\n\n")
+
+
+# --- the judge's answer --------------------------------------------------------------------------
+
+OPTIONS = ["Barack Obama", "Michelle Obama", "Obama", "Paris", "Paris Hilton"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("2", 1),
+        ("(2)", 1),
+        ("[3]", 2),
+        ("#2", 1),
+        ("**2**", 1),
+        ("B", 1),
+        ("b.", 1),
+        ("(B)", 1),
+        ("Candidate 2", 1),
+        ("candidate #4", 3),
+        ("Option C", 2),
+        ("Answer: 2", 1),
+        ("The answer is 2.", 1),
+        ("Final answer: (D)", 3),
+        ("I choose candidate 3 because it fits.", 2),
+        ("Selected candidate: 3", 2),
+        ("I'd pick 1", 0),
+        ("Answer: B. Michelle fits best.", 1),
+        ('{"answer": 2}', 1),
+        ('```json\n{"choice": "B"}\n```', 1),
+        ('{"answer": "Paris Hilton"}', 4),
+        ("Paris Hilton", 4),
+        ("Paris", 3),
+        ("Barack Obama", 0),
+        ("Obama", 2),
+        ("2. Michelle Obama", 1),
+        ("Candidate 2: Michelle Obama", 1),
+        ("Candidate 1 is a lawyer, candidate 2 a president. The answer is 2.", 1),
+        ("The correct entity is candidate 5 (Paris Hilton).", 4),
+        # ambiguous or no answer: the agent falls back to the pre-ranker
+        ("Candidate 1: Michelle Obama", None),
+        ("Candidate 2 or candidate 3", None),
+        ("1 or 2", None),
+        ("Not sure between Barack Obama and Michelle Obama", None),
+        ("The answer is A former senator", None),
+        ("None of them", None),
+        ("NIL", None),
+        ("", None),
+        ("7", None),
+        ("0", None),
+        ('{"reason": "unclear"}', None),
+        ("He was born in 1961", None),
+    ],
+)
+def test_parse_choice(answer: str, expected: int | None) -> None:
+    assert parse_choice(answer, OPTIONS) == expected
+
+
+def test_parse_choice_without_options() -> None:
+    assert parse_choice("1", []) is None
+
+
+# --- the embedded model --------------------------------------------------------------------------
+
+QUESTION = [
+    {"role": "system", "content": "You answer with one word."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+def test_embedded_rejects_image_parts_before_loading() -> None:
+    image_part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(LLMError, match="cannot read"):
+        EmbeddedChat().chat([{"role": "user", "content": [{"type": "text", "text": "what?"}, image_part]}])
+
+
+def test_local_server_rejects_bad_requests() -> None:
+    from tools.llm.server import serve_embedded
+
+    with serve_embedded() as url:
+        for body in (b"not json", json.dumps({"messages": []}).encode()):
+            request = urllib.request.Request(f"{url}/chat/completions", data=body, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request, timeout=10)
+            assert (
+                caught.value.code == 400
+                and "bad request" in json.loads(caught.value.read())["error"]["message"]
+            )
+
+
+@pytest.fixture(scope="module")
+def embedded_answer():
+    chat = EmbeddedChat()
+    return chat, chat.chat(QUESTION, max_tokens=8)
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_deterministically(embedded_answer) -> None:
+    chat, first = embedded_answer
+    again = chat.chat(QUESTION, max_tokens=8)
+    assert "paris" in first.text.lower()
+    assert again.text == first.text and first.attempts == 1
+    assert first.model == "qwen2.5-coder-1.5b-instruct-q4_k_m" and first.prompt_tokens > 10
+    assert 1 <= first.completion_tokens <= 8
+
+
+@pytest.mark.slow
+def test_embedded_model_over_real_http_gives_the_same_text(embedded_answer) -> None:
+    from tools.llm.server import serve_embedded
+
+    _, local = embedded_answer
+    with serve_embedded() as url:
+        with urllib.request.urlopen(f"{url}/models", timeout=10) as response:
+            assert json.loads(response.read())["data"][0]["id"] == local.model
+        for stream in (False, True):
+            client = chat_model(LLMSettings(base_url=url, stream=stream, timeout_s=120, budget_s=240))
+            reply = client.chat(QUESTION, max_tokens=8)
+            assert (reply.text, reply.model, reply.attempts) == (local.text, local.model, 1)
+
+
+@pytest.mark.slow
+def test_embedded_prompt_over_the_context_is_an_llm_error(embedded_answer) -> None:
+    chat, _ = embedded_answer
+    with pytest.raises(LLMError, match="context"):
+        chat.chat([{"role": "user", "content": "word " * 5000}], max_tokens=4)
+
+
+@pytest.mark.slow
+def test_local_server_survives_a_client_hanging_up_mid_stream(embedded_answer) -> None:
+    """The model's lock is released when a streaming client goes away, so the next request runs."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from tools.llm.server import serve_embedded
+
+    _, local = embedded_answer
+    with serve_embedded() as url:
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        body = {
+            "messages": [{"role": "user", "content": "Count from 1 to 50."}],
+            "max_tokens": 24,
+            "stream": True,
+        }
+        connection.request(
+            "POST", f"{parts.path}/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        assert response.status == 200 and response.read(6) == b"data: "
+        connection.close()
+        reply = chat_model(LLMSettings(base_url=url, timeout_s=120, budget_s=240)).chat(
+            QUESTION, max_tokens=8
+        )
+    assert reply.text == local.text

@@ -1,0 +1,256 @@
+"""Chat through any OpenAI-compatible server (vLLM, llama.cpp's server, Ollama, OpenAI).
+
+The SDK's own retries are off (``max_retries=0``) so that one loop here owns the time: each
+attempt runs in a worker thread the caller waits on for at most ``timeout_s`` (or what is left of
+``budget_s``), so a server that accepts the connection and then dribbles or stalls cannot hold a
+call past its limit. Connection errors, timeouts, HTTP 408/409/429/5xx, malformed bodies, empty
+``choices`` and streams cut before their ``finish_reason`` are retried with exponential backoff
+(``backoff_s`` doubling; a longer ``Retry-After`` wins); other 4xx answers are final. When the
+retries or the budget run out, ``LLMError`` names the server, the model and the last cause.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
+from typing import Any, TypeVar
+
+import openai
+
+from tools.llm.base import ChatReply, ChatStats, LLMError, LLMSettings
+
+T = TypeVar("T")
+# Local servers ignore the key, but the SDK refuses to start without one.
+PLACEHOLDER_API_KEY = "EMPTY"
+_RETRY_STATUS = frozenset({408, 409, 429})
+
+
+class BadReply(RuntimeError):
+    """A 2xx answer that carries no usable message (malformed, empty ``choices``, cut stream)."""
+
+
+class OpenAIChat:
+    """``ChatModel`` over an OpenAI-compatible ``/v1/chat/completions`` endpoint (see module doc)."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        if not settings.base_url:
+            raise ValueError("OpenAIChat needs settings.base_url")
+        self.settings = settings
+        self.base_url = settings.base_url.rstrip("/")
+        self.model: str | None = settings.model
+        self.stats = ChatStats()
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=settings.api_key or PLACEHOLDER_API_KEY,
+            timeout=settings.timeout_s,
+            max_retries=0,
+        )
+        self._model_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """``openai:<model>@<base_url>``; ``auto`` until the server's first model is looked up."""
+        return f"openai:{self.model or 'auto'}@{self.base_url}"
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int = 256,
+        seed: int = 0,
+    ) -> ChatReply:
+        """One answer within ``budget_s``; ``LLMError`` once retries or budget are spent."""
+        settings = self.settings
+        temp = settings.temperature if temperature is None else temperature
+        start = time.monotonic()
+        deadline = start + settings.budget_s
+        attempts, last = 0, None
+        while True:
+            limit = min(settings.timeout_s, deadline - time.monotonic())
+            attempts += 1
+            try:
+                text, usage, served = _within(
+                    limit, partial(self._attempt, messages, temp, max_tokens, seed, limit)
+                )
+            except Exception as exc:  # classified below; the last one is reported
+                last = exc
+                retry, wait, cause = classify(exc, limit)
+                delay = max(settings.backoff_s * 2 ** (attempts - 1), wait or 0.0)
+                if not retry:
+                    break
+                if attempts > settings.retries:
+                    cause += f" (retries exhausted: {settings.retries})"
+                    break
+                if time.monotonic() + delay >= deadline:
+                    cause += f" (a retry in {delay:.2f} s would pass the {settings.budget_s:g} s budget)"
+                    break
+                self.stats.add(retries=1)
+                time.sleep(delay)
+                continue
+            self.stats.add(calls=1, attempts=attempts)
+            return ChatReply(
+                text=text,
+                model=served or self.model or "",
+                seconds=time.monotonic() - start,
+                attempts=attempts,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+            )
+        self.stats.add(calls=1, attempts=attempts, failures=1)
+        raise LLMError(self.name, cause, attempts) from last
+
+    def _attempt(
+        self, messages: list[dict[str, Any]], temperature: float, max_tokens: int, seed: int, limit: float
+    ) -> tuple[str, dict[str, Any], str | None]:
+        """One request; the body is read here, chunk by chunk, so that it stops at ``limit``."""
+        deadline = time.monotonic() + limit
+        model = self._resolve_model(limit)
+        stream = self.settings.stream
+        with self._client.chat.completions.with_streaming_response.create(
+            model=model,
+            messages=messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            stream=stream,
+            timeout=limit,
+        ) as response:
+            body = bytearray()
+            for piece in response.iter_bytes():
+                if time.monotonic() > deadline:
+                    raise BadReply(f"reply still arriving after {limit:.2f} s")
+                body += piece
+        return parse_sse(bytes(body)) if stream else parse_completion(bytes(body))
+
+    def _resolve_model(self, limit: float) -> str:
+        """The configured model, else the first one the server lists (asked once)."""
+        with self._model_lock:
+            if self.model is None:
+                listed = self._client.models.list(timeout=limit).data
+                if not listed:
+                    raise BadReply("server lists no models; set the model explicitly")
+                self.model = listed[0].id
+            return self.model
+
+
+def _within(limit: float, fn: Callable[[], T]) -> T:
+    """``fn()`` in a daemon thread, waited on for at most ``limit`` seconds.
+
+    On time-out the thread is abandoned: its own request timeout (the same ``limit``) ends it soon
+    after, and nothing it returns is used.
+    """
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the waiting caller
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="llm-attempt", daemon=True).start()
+    return future.result(timeout=max(limit, 0.0))
+
+
+def classify(exc: BaseException, limit: float) -> tuple[bool, float | None, str]:
+    """(retry?, server-requested wait in seconds, cause) for one failed attempt."""
+    if isinstance(exc, FutureTimeout):
+        return True, None, f"no answer within {limit:.2f} s"
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retry = status in _RETRY_STATUS or status >= 500
+        body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+        detail = body.get("message") if isinstance(body, dict) else None
+        return retry, retry_after(exc.response.headers), f"HTTP {status}: {str(detail or exc.message)[:200]}"
+    if isinstance(exc, openai.APITimeoutError):
+        return True, None, f"timed out after {limit:.2f} s"
+    if isinstance(exc, openai.APIConnectionError):
+        return True, None, f"connection failed: {exc.__cause__ or exc}"
+    # Malformed JSON, cut streams and transport errors raised while reading a body are transient.
+    return True, None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds a 429/503 asks to wait: ``retry-after-ms``, ``Retry-After`` seconds or HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def parse_completion(body: bytes) -> tuple[str, dict[str, Any], str | None]:
+    """(text, usage, model that served it) of a ``chat.completion`` JSON body; ``BadReply``
+    when it has no message."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise BadReply(f"malformed JSON reply ({exc}): {body[:120]!r}") from exc
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        raise BadReply(f"reply has no choices list: {body[:120]!r}")
+    if not choices:
+        raise BadReply("reply has empty choices")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise BadReply(f"reply's first choice has no text content: {body[:120]!r}")
+    usage = data.get("usage")
+    return content, usage if isinstance(usage, dict) else {}, _served(data)
+
+
+def parse_sse(body: bytes) -> tuple[str, dict[str, Any], str | None]:
+    """(text, usage, model that served it) of a streamed ``chat.completion.chunk`` body; ``BadReply`` when it was cut.
+
+    A stream is whole only when choice 0 reached a ``finish_reason``; ``[DONE]`` alone is not
+    required (some servers omit it) and does not suffice.
+    """
+    parts: list[str] = []
+    finish, usage, served = None, {}, None
+    for line in body.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            break
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise BadReply(f"malformed stream event: {payload[:120]!r}") from exc
+        if isinstance(event.get("usage"), dict):
+            usage = event["usage"]
+        served = _served(event) or served
+        for choice in event.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            finish = choice.get("finish_reason") or finish
+    if finish is None:
+        raise BadReply(f"stream ended before its finish_reason after {len(''.join(parts))} characters")
+    return "".join(parts), usage, served
+
+
+def _served(data: dict[str, Any]) -> str | None:
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
