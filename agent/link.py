@@ -1,14 +1,23 @@
 """``python -m agent.link``: link mentions with the LLM-RetLink graph, one checkpointed thread each.
 
-    python -m agent.link --dataset demo [--data-dir DIR] [--split test] [--limit N] [--mention ID ...]
-        [--task it2t|i2t] [--scorer tagger] [--candidates 10] [--seed 0] [--run-id NAME]
-        [--skip-judge-margin M] [--temperature 0] [--db PATH] [--wiki offline|online]
-        [--llm-base-url URL --llm-model NAME --llm-api-key KEY] [--json]
+    # one decision, ad hoc: an image, its caption, the mention and the candidate QIDs
+    python -m agent.link --image PATH --text "CAPTION" --mention "M" --candidates Q1,Q2,... [--kb demo]
+    # one decision of a dataset
+    python -m agent.link --dataset NAME --id MENTION_ID
+    # many: every pictured mention of a split (JSON lines, then an accuracy line on stderr)
+    python -m agent.link --dataset NAME [--split test] [--limit N]
 
-Prints one line per decision (mention, decision, gold, who decided, seconds, thread id) and
-an accuracy line. A decision whose thread already finished is read back, not recomputed; one
-cut off mid-graph resumes from its last checkpoint (LangGraph's durable execution), so a
-killed run re-run with the same ``--run-id`` does no finished decision twice.
+Common options: [--data-dir DIR] [--task it2t|i2t] [--scorer tagger] [--candidates-size 10]
+[--seed 0] [--run-id NAME] [--skip-judge-margin M] [--temperature T] [--db PATH]
+[--wiki offline|online] [--llm-base-url URL --llm-model NAME --llm-api-key KEY].
+
+Each decision prints one JSON object: ``decision`` (QID), ``label``, ``ranking``,
+``thread_id``, ``judge`` (used / skipped / fallback), ``seconds`` per node, and the gold when
+known. A decision whose thread already finished is read back, not recomputed; one cut off
+mid-graph resumes from its last checkpoint (LangGraph's durable execution), so a killed run
+re-run with the same ``--run-id`` does no finished decision twice. Candidate labels of the ad
+hoc form come from ``--kb``'s knowledge base, else from the Wikidata client (offline replica
+by default).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from agent.state import ImageRef, LinkState
 from kb.candidates import CandidateBuilder, CandidateSet
 from kb.dataset import Dataset, dataset_names, load_dataset
 from kb.errors import DatasetError
-from kb.records import Entity, Mention
+from kb.records import NIL, Entity, Mention
 
 
 def initial_state(
@@ -114,11 +123,20 @@ def decision_record(final: dict[str, Any], thread: str, seconds: float) -> dict[
         "rank": rank,
         "gold_in_candidates": gold in ranking,
         "decided_by": final["decided_by"],
+        "judge": judge_status(final),
+        "node_seconds": {step["node"]: step["seconds"] for step in final.get("steps", [])},
         "fallbacks": final.get("fallbacks", []),
         "thread": thread,
         "seconds": round(seconds, 2),
         "error": None,
     }
+
+
+def judge_status(final: dict[str, Any]) -> str:
+    """``used`` (the judge decided), ``skipped`` (pre-ranker decisive) or ``fallback`` (it failed)."""
+    if final["prerank"]["decisive"]:
+        return "skipped"
+    return "used" if final["decided_by"] == "judge" else "fallback"
 
 
 def link_mentions(
@@ -167,15 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agent.link", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(dataset_names())}")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--split", default="all")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--mention", nargs="*", default=None, help="link only these mention ids")
+    adhoc = parser.add_argument_group("one ad hoc decision")
+    adhoc.add_argument("--image", type=Path, default=None)
+    adhoc.add_argument("--text", default=None, help="the caption")
+    adhoc.add_argument("--mention", default=None)
+    adhoc.add_argument("--candidates", default=None, help="comma-separated QIDs")
+    adhoc.add_argument("--kb", default="demo", help="dataset whose KB names the candidates (default demo)")
+    data = parser.add_argument_group("dataset mentions")
+    data.add_argument("--dataset", default=None, help=f"one of {', '.join(dataset_names())}")
+    data.add_argument("--data-dir", default=None)
+    data.add_argument("--id", default=None, help="one mention id")
+    data.add_argument("--split", default="all")
+    data.add_argument("--limit", type=int, default=None, help="first N pictured mentions")
+    data.add_argument("--candidates-size", type=int, default=10, help="λ candidates per mention")
+    data.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", choices=("i2t", "it2t"), default="it2t")
     parser.add_argument("--scorer", default="tagger")
-    parser.add_argument("--candidates", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-id", default=None, help="names the threads (default: a timestamp)")
     parser.add_argument("--skip-judge-margin", type=float, default=None)
     parser.add_argument("--temperature", type=float, default=None, help="judge temperature (paper: 0.75)")
@@ -184,50 +209,96 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-base-url", default=None)
     parser.add_argument("--llm-model", default=None)
     parser.add_argument("--llm-api-key", default=None)
-    parser.add_argument("--json", action="store_true", help="print one JSON record per decision")
     args = parser.parse_args(argv)
+    if (args.image is None) == (args.dataset is None):
+        parser.error("give either --image/--text/--mention/--candidates or --dataset")
     settings = settings_from_args(args)
+    run_id = args.run_id or time.strftime("link-%Y%m%d-%H%M%S")
     try:
-        dataset = load_dataset(args.dataset, args.data_dir)
-        mentions = [dataset.mention(m) for m in args.mention] if args.mention else dataset.split(args.split)
-    except DatasetError as exc:
+        dataset, mentions, sets = _adhoc(args, settings) if args.image else _from_dataset(args)
+    except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mentions = [m for m in mentions if m.image_path is not None][: args.limit] if args.limit else mentions
-    run_id = args.run_id or time.strftime("link-%Y%m%d-%H%M%S")
-    sets = build_candidates(dataset, mentions, args.candidates, args.seed)
     linker = Linker(resources_for(settings, dataset.entities, dataset.name), settings.checkpoint_db)
     correct = total = 0
     try:
         for record in link_mentions(linker, dataset, mentions, sets, run_id):
-            if args.json:
-                print(json.dumps(record, ensure_ascii=False), flush=True)
-            else:
-                print(format_record(record, dataset.entities), flush=True)
+            print(json.dumps(cli_record(record, dataset.entities), ensure_ascii=False), flush=True)
             if record["error"] is None and record["gold_in_candidates"]:
                 total += 1
                 correct += record["correct"]
     finally:
         linker.close()
-    if total:
+    if total > 1:
         print(
-            f"accuracy {correct}/{total} = {correct / total:.1%} (run {run_id}, checkpoints {settings.checkpoint_db})"
+            f"accuracy {correct}/{total} = {correct / total:.1%} (run {run_id}, {settings.checkpoint_db})",
+            file=sys.stderr,
         )
     return 0
 
 
-def format_record(record: dict[str, Any], entities: dict[str, Entity]) -> str:
-    if record["error"]:
-        return f"{record['id']}: {record['error']}"
+def _from_dataset(args: argparse.Namespace) -> tuple[Dataset, list[Mention], list[CandidateSet]]:
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if args.id:
+        mentions = [dataset.mention(args.id)]
+    else:
+        mentions = [m for m in dataset.split(args.split) if m.image_path is not None][: args.limit]
+    return dataset, mentions, build_candidates(dataset, mentions, args.candidates_size, args.seed)
 
-    def name(qid: str | None) -> str:
-        return f"{entities[qid].label} ({qid})" if qid in entities else str(qid)
 
-    mark = "✓" if record["correct"] else "✗"
-    return (
-        f"{mark} {record['id']}: {name(record['prediction'])} | gold {name(record['gold'])} | "
-        f"{record['decided_by']} | {record['seconds']:.1f}s | {record['thread']}"
+def _adhoc(
+    args: argparse.Namespace, settings: AgentSettings
+) -> tuple[Dataset, list[Mention], list[CandidateSet]]:
+    """A one-mention dataset from the command line; candidate labels from the KB or Wikidata."""
+    import hashlib
+
+    if not (args.text and args.mention and args.candidates):
+        raise ValueError("--image needs --text, --mention and --candidates Q1,Q2,...")
+    if not args.image.is_file():
+        raise ValueError(f"--image {args.image}: no such file")
+    qids = [q.strip() for q in args.candidates.split(",") if q.strip()]
+    if len(qids) < 2:
+        raise ValueError("--candidates needs at least two QIDs")
+    kb = load_dataset(args.kb)
+    entities = {q: kb.entities[q] for q in qids if q in kb.entities}
+    unknown = [q for q in qids if q not in entities]
+    if unknown:
+        wiki = resources_for(settings, kb.entities, kb.name).wiki
+        for qid, found in wiki.wikidata_entities(unknown).items():
+            entities[qid] = Entity(qid=qid, label=found.title, description=found.text)
+    key = hashlib.sha256(f"{args.image.resolve()}\0{args.text}\0{args.mention}".encode()).hexdigest()[:12]
+    mention = Mention(
+        id=f"adhoc-{key}",
+        sentence=args.text,
+        mention=args.mention,
+        gold=NIL,
+        split="adhoc",
+        image_path=args.image.resolve(),
     )
+    dataset = Dataset(
+        name=kb.name, root=kb.root, mentions=[mention], entities={**kb.entities, **entities}, captions=1
+    )
+    return dataset, [mention], [CandidateSet(mention.id, tuple(qids), None, "command line")]
+
+
+def cli_record(record: dict[str, Any], entities: dict[str, Entity]) -> dict[str, Any]:
+    """The printed object: the decision, its label, how the judge went and per-node seconds."""
+    if record["error"]:
+        return {"id": record["id"], "thread_id": record["thread"], "error": record["error"]}
+    decision = record["prediction"]
+    return {
+        "id": record["id"],
+        "decision": decision,
+        "label": entities[decision].label if decision in entities else decision,
+        "ranking": record["ranking"],
+        "thread_id": record["thread"],
+        "judge": record["judge"],
+        "gold": record["gold"],
+        "correct": record["correct"] if record["gold"] is not None else None,
+        "seconds": record["node_seconds"],
+        "total_seconds": record["seconds"],
+        "fallbacks": record["fallbacks"],
+    }
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:

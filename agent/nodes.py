@@ -247,7 +247,10 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
             continue
         descriptions[qid] = sentence
         origin[qid] = "llm"
-        written[qid] = (ids[qid], sentence)
+        digest = evidence_digest(records[qid])
+        # Keyed by the name after the call: a server's model is known once it has answered.
+        written[qid] = (res.store.description_id(qid, digest, res.llm.name, ENRICH_PROMPT_VERSION), sentence)
+    model_name = res.llm.name
     res.store.put_descriptions(written, model_name)
     return {
         "descriptions": descriptions,
