@@ -335,7 +335,8 @@ def judge(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     settings = res.settings
     labels = _labels(state)
     shortlist = state["prerank"]["order"][: settings.judge_top_k]
-    options = [(labels[q], state["descriptions"].get(q, "")) for q in shortlist]
+    words = settings.judge_description_words
+    options = [(labels[q], _clip_words(state["descriptions"].get(q, ""), words)) for q in shortlist]
     image_part = _image_part(state) if res.vlm is not None else None
     messages = judge_messages(
         settings.task, options, state["descriptors"]["words"], state["sentence"], state["mention"], image_part
@@ -366,6 +367,11 @@ def judge(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
             )
         ],
     }
+
+
+def _clip_words(text: str, limit: int) -> str:
+    words = text.split()
+    return text if len(words) <= limit else " ".join(words[:limit]) + " …"
 
 
 def _prompt_text(messages: list[dict[str, Any]]) -> str:

@@ -26,12 +26,14 @@ class AgentSettings:
     ``skip_judge_margin``: when set, the judge is skipped if the pre-ranker's top-1 softmax
     probability exceeds the runner-up's by at least this much (off by default in evaluation,
     so every decision is the LLM's). ``judge_top_k``: how many pre-ranked candidates the judge
-    sees. ``task``: ``i2t`` (image only) or ``it2t`` (image + caption), paper 000's two tasks.
+    sees, each description cut to ``judge_description_words`` words (the prompt is what the
+    embedded judge spends its time reading; paper 000 gives no length). ``task``: ``i2t`` (image only) or ``it2t`` (image + caption), paper 000's two tasks.
     """
 
     scorer: str = "tagger"
     task: str = "it2t"
     judge_top_k: int = 5
+    judge_description_words: int = 24
     skip_judge_margin: float | None = None
     descriptors: int = 5
     ocr: bool = True
