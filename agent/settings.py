@@ -33,7 +33,7 @@ class AgentSettings:
     scorer: str = "tagger"
     task: str = "it2t"
     judge_top_k: int = 5
-    judge_description_words: int = 24
+    judge_description_words: int = 12
     skip_judge_margin: float | None = None
     descriptors: int = 5
     ocr: bool = True

@@ -41,7 +41,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from agent.traces import TraceStore
 from eval import replay, tables
+from eval.agent_pipeline import AgentPipeline, divergence_shares, node_timings
 from eval.metrics import drift, gold_rank, mean_std, metrics_from_ranks, ranking
 from eval.score_cache import ScoreCache, file_digest
 from kb.candidates import CandidateBuilder, CandidateSet
@@ -328,6 +330,7 @@ class Evaluator:
         self.cache = ScoreCache(scorer_identity(config.scorer, config.checkpoint))
         self.log = ItemLog(out / "items.jsonl", key=record_key)
         self.digests: dict[Path, str] = {}
+        self.agent = AgentPipeline(config, dataset, out) if config.pipeline == "agent" else None
 
     def evaluate(self, condition: str = CLEAN, attach: Callable[[PreparedItem], None] | None = None) -> None:
         config, log = self.config, self.log
@@ -350,9 +353,13 @@ class Evaluator:
                     if attach is not None:
                         for item in items:
                             attach(item)
-                    self._score(items)
-                    for item in items:
-                        log.append(item_record(item, seed, condition))
+                    if self.agent is not None:
+                        for item in items:
+                            log.append(self.agent.link(item, seed, condition))
+                    else:
+                        self._score(items)
+                        for item in items:
+                            log.append(item_record(item, seed, condition))
                     bar.update(len(chunk))
         finally:
             bar.close()
@@ -402,6 +409,8 @@ class Evaluator:
 
     def close(self) -> None:
         self.log.close()
+        if self.agent is not None:
+            self.agent.close()
 
 
 def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
@@ -426,10 +435,30 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     if attacks is not None:
         results["attack"] = list(attacks)
         results["attacks"] = attacks
+    if evaluator.agent is not None:
+        add_agent_fields(results, evaluator)
     _write_json(out / "results.json", results)
     if attacks is not None:
         tables.write_tables([results], out)
     return results
+
+
+def add_agent_fields(results: dict[str, Any], evaluator: Evaluator) -> None:
+    """Per-node seconds of every condition and, per attack, where flipped decisions diverged."""
+    seed = evaluator.config.seeds[0]
+    clean = {r["id"]: r for r in evaluator.records(CLEAN, seed)}
+    results["node_seconds"] = node_timings(r for r in clean.values() if not r["error"])
+    attacks = results.get("attacks") or {}
+    if not attacks or not evaluator.agent.settings.checkpoint_db.is_file():
+        return  # no attack, or no decision was ever made (every item skipped)
+    traces = TraceStore(evaluator.agent.settings.checkpoint_db)
+    try:
+        for preset, block in attacks.items():
+            attacked = {r["id"]: r for r in evaluator.records(preset, seed)}
+            block["node_seconds"] = node_timings(r for r in attacked.values() if not r["error"])
+            block["divergence"] = divergence_shares(traces, clean, attacked)
+    finally:
+        traces.close()
 
 
 def _results(
@@ -510,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-images", action="store_true", help="only mentions whose image is on disk")
     parser.add_argument("--task", choices=("i2t", "it2t", "t2t"), default="it2t")
     parser.add_argument(
+        "--pipeline",
+        choices=("prerank", "agent"),
+        default="prerank",
+        help="prerank: the scorer alone; agent: the LLM-RetLink graph with this scorer as pre-ranker",
+    )
+    parser.add_argument(
         "--scorer", default="tagger", help="tagger, mcr, clip:DIR, openclip:ARCH/WEIGHTS, ..."
     )
     parser.add_argument("--checkpoint", default=None, help="trained weights (mcr)")
@@ -545,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         split=args.split,
         task=args.task,
         scorer=args.scorer,
+        pipeline=args.pipeline,
         candidates=args.candidates,
         seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()),
         limit=args.limit,

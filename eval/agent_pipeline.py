@@ -1,0 +1,125 @@
+"""``eval.run --pipeline agent``: the LLM-RetLink graph in place of a bare scorer.
+
+Each prepared item (same mentions, candidate sets and, under an attack, the same stored
+adversarial image as the pre-ranker run) becomes one agent decision in its own checkpointed
+thread (``<out name>-s<seed>|<mention id>|<condition>``) in ``<out>/checkpoints.sqlite``, so a
+killed run resumes thread by thread and ``agent.trace`` can list, show and diff every decision.
+The item line keeps eval's schema (ranking, prediction, correct, rank) and adds the agent's
+fields: ``thread``, ``decided_by``, ``judge`` (used / skipped / fallback), ``node_seconds``
+and ``fallbacks``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.link import Linker, decision_record, initial_state
+from agent.resources import resources_for
+from agent.settings import AgentSettings
+from agent.state import NODES
+from agent.traces import TraceStore, first_divergence
+from kb.dataset import Dataset
+
+if TYPE_CHECKING:
+    from eval.run import PreparedItem, RunConfig
+
+CHECKPOINTS = "checkpoints.sqlite"
+
+
+class AgentPipeline:
+    """Links prepared items with the agent; loads its models on the first decision."""
+
+    def __init__(self, config: RunConfig, dataset: Dataset, out: Path) -> None:
+        if config.task not in ("i2t", "it2t"):
+            raise ValueError(f"the agent links images: use --task i2t or it2t, not {config.task}")
+        self.config = config
+        self.dataset = dataset
+        self.run_name = out.name
+        self.settings = AgentSettings.from_env(
+            task=config.task, scorer=config.scorer, checkpoint_db=out / CHECKPOINTS
+        )
+        self._linker: Linker | None = None
+
+    @property
+    def linker(self) -> Linker:
+        if self._linker is None:
+            resources = resources_for(self.settings, self.dataset.entities, self.dataset.name)
+            self._linker = Linker(resources, self.settings.checkpoint_db)
+        return self._linker
+
+    def run_id(self, seed: int) -> str:
+        return f"{self.run_name}-s{seed}"
+
+    def link(self, item: PreparedItem, seed: int, condition: str) -> dict[str, Any]:
+        """One decision as an ``items.jsonl`` record (an item already skipped keeps its reason)."""
+        mention = item.mention
+        base = {
+            "condition": condition,
+            "id": mention.id,
+            "seed": seed,
+            "gold": mention.gold,
+            "candidates": list(item.candidates.qids),
+            **item.notes,
+        }
+        if item.skip is not None:
+            return {**base, "error": item.skip}
+        source = item.source or mention.image_path
+        image = {
+            "path": str(source),
+            "bbox": list(mention.bbox) if mention.bbox and item.source is None else None,
+            "condition": condition,
+        }
+        state = initial_state(self.run_id(seed), mention, item.candidates, self.dataset.entities, image)
+        try:
+            final, thread, _ = self.linker.link(state, condition)
+        except Exception as exc:  # noqa: BLE001 - recorded per item, the run goes on
+            return {**base, "error": f"agent_error: {type(exc).__name__}: {str(exc)[:200]}"}
+        record = decision_record(final, thread, sum(s["seconds"] for s in final.get("steps", [])))
+        gold_index = item.candidates.gold_index
+        record["rank"] = record["rank"] if gold_index is not None else len(item.candidates.qids) + 1
+        record["gold_in_candidates"] = gold_index is not None
+        record.pop("candidates", None)
+        return {**base, **record, "gold": mention.gold}
+
+    def close(self) -> None:
+        if self._linker is not None:
+            self._linker.close()
+
+
+def node_timings(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median and mean seconds per node over a condition's decisions."""
+    by_node: dict[str, list[float]] = {}
+    for record in records:
+        for node, seconds in (record.get("node_seconds") or {}).items():
+            by_node.setdefault(node, []).append(seconds)
+    return {
+        node: {"p50": round(float(np.median(v)), 4), "mean": round(float(np.mean(v)), 4), "n": len(v)}
+        for node, v in by_node.items()
+    }
+
+
+def divergence_shares(
+    traces: TraceStore, clean: dict[str, dict], attacked: dict[str, dict]
+) -> dict[str, Any]:
+    """Where an attack's effect enters the graph: for every flipped decision (top-1 changed), the
+    first node whose output differs from the clean decision's, as counts and shares per node."""
+    counts = dict.fromkeys(NODES, 0)
+    flipped = 0
+    for key, after in attacked.items():
+        before = clean.get(key)
+        if (
+            before is None
+            or after.get("error")
+            or before.get("error")
+            or before["prediction"] == after["prediction"]
+        ):
+            continue
+        flipped += 1
+        node = first_divergence(traces.get(before["thread"]).values, traces.get(after["thread"]).values)
+        counts[node or "answer"] += 1
+    shares = {node: round(count / flipped, 4) if flipped else None for node, count in counts.items()}
+    return {"flipped": flipped, "counts": counts, "shares": shares}
