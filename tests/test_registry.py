@@ -282,6 +282,7 @@ def test_qwen_gguf_assembles_once_through_the_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(registry, "_cache", {})  # an earlier test's LLM loaded it in this process
     try:
         path = registry.get("qwen2.5-coder-1.5b-instruct-gguf")
         assert path == tmp_path / "models" / llm_weights.GGUF_NAME
