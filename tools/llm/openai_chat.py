@@ -11,7 +11,6 @@ retries or the budget run out, ``LLMError`` names the server, the model and the 
 
 from __future__ import annotations
 
-import email.utils
 import json
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import openai
 
 from tools.llm.base import ChatReply, ChatStats, LLMError, LLMSettings
+from tools.retry_after import retry_after_seconds
 
 T = TypeVar("T")
 # Local servers ignore the key, but the SDK refuses to start without one.
@@ -184,18 +184,7 @@ def retry_after(headers: Any) -> float | None:
             return max(float(millis) / 1000.0, 0.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return retry_after_seconds(headers.get("retry-after"))
 
 
 def parse_completion(body: bytes) -> tuple[str, dict[str, Any], str | None]:

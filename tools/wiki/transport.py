@@ -12,18 +12,17 @@ end past the budget the call gives up at once rather than sleep only to fail.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from tools.retry_after import retry_after_seconds
 from tools.wiki.cache import ResponseCache
 from tools.wiki.evidence import WikiError
 from tools.wiki.settings import WikiSettings
@@ -143,7 +142,7 @@ class ApiTransport:
 
 
 def _interpret(status: int, headers: httpx.Headers, body: bytes, shape: Shape) -> dict[str, Any]:
-    retry_after = _retry_after(headers.get("Retry-After"))
+    retry_after = retry_after_seconds(headers.get("Retry-After"))
     if status == 429 or status >= 500:
         raise _Retryable(f"HTTP {status}", retry_after)
     if status >= 300:
@@ -164,20 +163,3 @@ def _interpret(status: int, headers: httpx.Headers, body: bytes, shape: Shape) -
     if not shape(payload):
         raise _Retryable("malformed answer: not the expected MediaWiki shape")
     return payload
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
