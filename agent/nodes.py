@@ -345,7 +345,7 @@ def judge(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     record: dict[str, Any] = {"shortlist": shortlist, "model": model.name, "prompt": _prompt_text(messages)}
     fallbacks: list[str] = []
     try:
-        reply = model.chat(messages, temperature=settings.llm.temperature, max_tokens=8)
+        reply = model.chat(messages, temperature=settings.llm.temperature, max_tokens=16)
         record.update(raw=reply.text, seconds=round(reply.seconds, 3), attempts=reply.attempts)
         choice = parse_choice(reply.text, [label for label, _ in options])
         if choice is None:

@@ -38,6 +38,12 @@ def enrich_messages(label: str, qid: str, evidence: Sequence[str]) -> list[dict[
     return [{"role": "system", "content": ENRICH_SYSTEM}, {"role": "user", "content": user}]
 
 
+JUDGE_SYSTEM = "You answer multiple-choice questions with the number of one candidate and nothing else."
+"""Ours, not the paper's: a small text-only judge otherwise starts a sentence and runs out of
+tokens before the index (seen with the embedded 1.5B model on WikiMEL). The paper's question
+itself is unchanged."""
+
+
 def judge_messages(
     task: str,
     candidates: Sequence[tuple[str, str]],
@@ -57,4 +63,4 @@ def judge_messages(
     parts += [f"Candidates:\n{listed}", JUDGE_QUESTION[task]]
     text = "\n\n".join(parts)
     content: Any = [image_part, {"type": "text", "text": text}] if image_part else text
-    return [{"role": "user", "content": content}]
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}]
