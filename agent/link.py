@@ -150,11 +150,7 @@ def link_mentions(
 ) -> Iterator[dict[str, Any]]:
     """Yield one record per mention as it finishes; a failing item becomes an ``error`` record."""
     for mention, candidates in zip(mentions, candidate_sets, strict=True):
-        image = (
-            (images or {}).get(mention.id, clean_image(mention))
-            if images is not None
-            else clean_image(mention)
-        )
+        image = images[mention.id] if images and mention.id in images else clean_image(mention)
         started = time.perf_counter()
         try:
             state = initial_state(run_id, mention, candidates, dataset.entities, image)

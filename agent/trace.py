@@ -114,7 +114,7 @@ def _node_lines(node: str, output: dict[str, Any], labels: dict[str, str]) -> li
         ]
     if node == "prerank":
         p = output["prerank"]
-        by_qid = dict(zip([c for c in labels], p["scores"], strict=False))
+        by_qid = dict(zip(labels, p["scores"], strict=True))
         lines = [f"source {p['source']}, margin {p['margin']}, decisive {p['decisive']}"]
         lines += [f"{i}. {labels.get(q, q)} ({q}) score {by_qid.get(q)}" for i, q in enumerate(p["order"], 1)]
         return lines
