@@ -2,14 +2,19 @@
 
     python -m attacks.generate --dataset NAME [--data-dir DIR] --scorer NAME --attack PRESET|all
         [--task i2t|it2t] [--split all] [--limit N] [--candidates 10] [--device cpu|cuda]
-        [--batch-size B] [--seed S] [--threads T] [--config presets.toml] [--out DIR]
+        [--batch-size B] [--max-batch-pixels P] [--seed S] [--threads T] [--config presets.toml]
+        [--out DIR]
 
 For every mention whose image is on disk (``--limit``: the first N of those), candidates are
 built exactly as ``eval.run`` builds them (same builder, same seed, same context text), and the
 image is attacked so the scorer stops ranking the gold first: cross-entropy between candidate
 logits and the gold's index (PGD/APGD) or the CW margin, in [0, 1] pixel space. Images are
 batched only with images of identical (H, W) (resizing to a common canvas would change what
-the scorer's own preprocessing sees); a lone size is a batch of one.
+the scorer's own preprocessing sees); a lone size is a batch of one. A batch also holds at most
+``--max-batch-pixels`` pixels (B * H * W), so memory stays bounded on multi-megapixel photos.
+Random starts (PGD, APGD) are drawn per batch after seeding torch with ``--seed``, so the exact
+perturbation of an image depends on the batch it was in: keep ``--batch-size`` and
+``--max-batch-pixels`` fixed to reproduce a folder bit for bit.
 
 Writes ``<out>/<PRESET folder>/<dataset>/`` (see ``attacks.output``): PNG (rounded), ``.pt``
 (float), ``manifest.jsonl`` and ``summary.json``. Rerunning the same command resumes: ids
@@ -45,12 +50,19 @@ from attacks.checks import batch_checks, failed, perturbation_norms, success_sum
 from attacks.engine import attack_batch
 from attacks.output import claim_folder, file_stem, write_png, write_tensor
 from attacks.presets import Preset, resolve
+from attacks.sharded import RayAttacks
 from eval.run import ItemLog, RunConfig, _write_json, candidate_builder, prepare
 from kb.candidates import CandidateSet
 from kb.dataset import Dataset, dataset_names, load_dataset
 from kb.errors import DatasetError, ImageError
 from kb.images import load_rgb, to_tensor
 from kb.records import Mention
+from tools.executor import ExecutorConfig, add_executor_arguments, executor_from_args
+
+# B * H * W per attacked batch. APGD-S on 8 WikiMEL 8-megapixel images (64 M pixels) peaked at
+# about 20 GB (~300 bytes a pixel with the autograd graph of the resize); 16 M keeps a batch
+# near 5 GB. An image larger than the budget is still attacked, alone.
+DEFAULT_MAX_BATCH_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ class GenerateConfig:
     candidates: int | None = 10
     device: str = "cpu"
     batch_size: int = 8
+    max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
     seed: int = 0
     data_dir: str | None = None
     preset_file: str | None = None
@@ -134,15 +147,19 @@ class ImageCache:
 
 
 def batches_by_size(
-    items: list[tuple[AttackItem, torch.Tensor]], batch_size: int
+    items: list[tuple[AttackItem, torch.Tensor]],
+    batch_size: int,
+    max_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
 ) -> Iterator[list[tuple[AttackItem, torch.Tensor]]]:
-    """Groups of identical (H, W), in chunks of ``batch_size``; a lone size is a batch of one."""
+    """Groups of identical (H, W), in chunks of at most ``batch_size`` images and ``max_pixels``
+    pixels (B * H * W, the memory cap); a lone size, or an image over the budget, is a batch of one."""
     groups: dict[tuple[int, int], list[tuple[AttackItem, torch.Tensor]]] = {}
     for item, image in items:
         groups.setdefault(tuple(image.shape[-2:]), []).append((item, image))
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
+    for (height, width), group in groups.items():
+        size = max(1, min(batch_size, max_pixels // (height * width)))
+        for start in range(0, len(group), size):
+            yield group[start : start + size]
 
 
 def folder_identity(preset: Preset, config: GenerateConfig, dataset: str) -> dict[str, Any]:
@@ -177,8 +194,19 @@ def error_record(item: AttackItem, preset: Preset, config: GenerateConfig) -> di
     return {**base_record(item, preset, config), "error": item.error, "detail": item.detail}
 
 
-def run(config: GenerateConfig, out: Path, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Attack every preset of ``config.attack``; returns {preset name: summary}."""
+def run(
+    config: GenerateConfig,
+    out: Path,
+    progress: bool = True,
+    executor: ExecutorConfig | None = None,
+    threads: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Attack every preset of ``config.attack``; returns {preset name: summary}.
+
+    With a Ray ``executor`` the batches of all presets go to one actor pool (``attacks.sharded``,
+    ``threads`` torch threads per actor) after every preset's batches are made.
+    """
+    sharded = RayAttacks(config, executor, threads) if executor is not None and executor.is_ray else None
     presets = resolve(config.attack, config.preset_file)
     dataset = load_dataset(config.dataset, config.data_dir)
     mentions, without_image = attackable(dataset, config.split, config.limit)
@@ -191,6 +219,7 @@ def run(config: GenerateConfig, out: Path, progress: bool = True) -> dict[str, d
     images = ImageCache()
     scorer = None
     summaries = {}
+    presets_by_name = {p.name: p for p in presets}
     logs = {p.name: ItemLog(folders[p.name] / "manifest.jsonl") for p in presets}
     todo_count = sum(
         1 for p in presets for i in items if (config.seed, i.mention.id) not in logs[p.name].done
@@ -212,18 +241,22 @@ def run(config: GenerateConfig, out: Path, progress: bool = True) -> dict[str, d
                         item.error, item.detail = f"image_{exc.reason}", str(exc)
                 log.append(error_record(item, preset, config))
                 bar.update(1)
-            if ready and scorer is None:
+            if ready and scorer is None and sharded is None:
                 scorer = load_attack_scorer(config)
-            for batch in batches_by_size(ready, config.batch_size):
-                for record in attack_and_save(scorer, preset, batch, config, folder):
-                    log.append(record)
-                    if record["checks_failed"]:
-                        print(
-                            f"CHECK FAILED [{preset.name}] {record['id']}: {', '.join(record['checks_failed'])}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+            for batch in batches_by_size(ready, config.batch_size, config.max_batch_pixels):
+                if sharded is not None:
+                    sharded.add(preset, folder, batch)
+                    continue
+                for record in attack_or_record(scorer, preset, batch, config, folder):
+                    append_record(log, preset, record)
                 bar.update(len(batch))
+        if sharded is not None:
+            for name, records in sharded.run(progress):
+                for record in records:
+                    append_record(logs[name], presets_by_name[name], record)
+                bar.update(len(records))
+        for preset in presets:
+            log, folder = logs[preset.name], folders[preset.name]
             ids = {i.mention.id for i in items}
             records = [r for (seed, key), r in log.done.items() if seed == config.seed and key in ids]
             summary = {
@@ -246,6 +279,17 @@ def run(config: GenerateConfig, out: Path, progress: bool = True) -> dict[str, d
     return summaries
 
 
+def append_record(log: ItemLog, preset: Preset, record: dict[str, Any]) -> None:
+    """Write one manifest line; a failed check is also shouted on stderr."""
+    log.append(record)
+    if record["checks_failed"]:
+        print(
+            f"CHECK FAILED [{preset.name}] {record['id']}: {', '.join(record['checks_failed'])}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def images_per_second(records: list[dict[str, Any]]) -> float | None:
     seconds = sum(r.get("seconds", 0.0) for r in records if not r.get("error"))
     count = sum(1 for r in records if not r.get("error"))
@@ -256,6 +300,25 @@ def load_attack_scorer(config: GenerateConfig) -> torch.nn.Module:
     from tools.scorers import load_scorer
 
     return load_scorer(config.scorer, task=config.task).to(config.device).eval()
+
+
+def attack_or_record(
+    scorer: torch.nn.Module,
+    preset: Preset,
+    batch: list[tuple[AttackItem, torch.Tensor]],
+    config: GenerateConfig,
+    folder: Path,
+) -> list[dict[str, Any]]:
+    """``attack_and_save``, but one item the attack cannot handle never ends the run: a failing
+    batch is retried item by item and an item that still fails becomes a manifest error line."""
+    try:
+        return attack_and_save(scorer, preset, batch, config, folder)
+    except Exception as exc:  # noqa: BLE001 - recorded per item, the run goes on
+        if len(batch) > 1:
+            return [r for one in batch for r in attack_or_record(scorer, preset, [one], config, folder)]
+        item = batch[0][0]
+        item.error, item.detail = "attack_error", f"{type(exc).__name__}: {str(exc)[:300]}"
+        return [{**error_record(item, preset, config), "checks_failed": []}]
 
 
 def attack_and_save(
@@ -342,10 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", default="10", help="λ per mention (as eval.run): 10, 100 or all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-batch-pixels",
+        type=int,
+        default=DEFAULT_MAX_BATCH_PIXELS,
+        help="memory cap: at most this many pixels (B*H*W) in one attacked batch",
+    )
     parser.add_argument("--seed", type=int, default=0, help="candidate sampling and random starts")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
     parser.add_argument("--out", type=Path, default=Path("ADV-MEL"))
     parser.add_argument("--quiet", action="store_true")
+    add_executor_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -359,13 +429,20 @@ def main(argv: list[str] | None = None) -> int:
         candidates=None if args.candidates.lower() in ("all", "full") else int(args.candidates),
         device=args.device,
         batch_size=args.batch_size,
+        max_batch_pixels=args.max_batch_pixels,
         seed=args.seed,
         data_dir=args.data_dir,
         preset_file=args.config,
     )
     started = time.perf_counter()
     try:
-        summaries = run(config, args.out, progress=not args.quiet)
+        summaries = run(
+            config,
+            args.out,
+            progress=not args.quiet,
+            executor=executor_from_args(args),
+            threads=args.threads or 1,
+        )
     except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

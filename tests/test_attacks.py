@@ -218,3 +218,19 @@ def test_corrupt_image_becomes_a_manifest_error(tmp_path: Path, shared_scorer, d
     assert [r["id"] for r in lines] == [m.id for m in mentions]
     assert lines[0]["error"].startswith("image_") and lines[1]["error"] is None
     assert summaries["pgd-fast"]["n_errors"] == 1
+
+
+def test_batches_respect_size_groups_and_pixel_budget() -> None:
+    """Only identical (H, W) share a batch; B*H*W stays within the budget; an oversize image goes alone."""
+    sizes = [(100, 200)] * 5 + [(50, 50)] * 3 + [(1000, 1000)]
+    items = [(f"item{i}", torch.zeros(3, h, w)) for i, (h, w) in enumerate(sizes)]
+    batches = list(generate.batches_by_size(items, batch_size=4, max_pixels=45_000))
+    seen = [name for batch in batches for name, _ in batch]
+    assert sorted(seen) == sorted(name for name, _ in items)  # nothing lost or repeated
+    for batch in batches:
+        shapes = {tuple(image.shape[-2:]) for _, image in batch}
+        assert len(shapes) == 1
+        (height, width) = shapes.pop()
+        assert len(batch) <= 4
+        assert len(batch) == 1 or len(batch) * height * width <= 45_000
+    assert sorted(len(b) for b in batches) == [1, 1, 2, 2, 3]  # 100x200: 2+2+1; 50x50: 3; 1000x1000: 1
