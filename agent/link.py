@@ -195,16 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--limit", type=int, default=None, help="first N pictured mentions")
     data.add_argument("--candidates-size", type=int, default=10, help="λ candidates per mention")
     data.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--task", choices=("i2t", "it2t"), default="it2t")
-    parser.add_argument("--scorer", default="tagger")
     parser.add_argument("--run-id", default=None, help="names the threads (default: a timestamp)")
-    parser.add_argument("--skip-judge-margin", type=float, default=None)
-    parser.add_argument("--temperature", type=float, default=None, help="judge temperature (paper: 0.75)")
-    parser.add_argument("--db", type=Path, default=None, help="SQLite checkpoint file")
-    parser.add_argument("--wiki", choices=("offline", "online"), default=None)
-    parser.add_argument("--llm-base-url", default=None)
-    parser.add_argument("--llm-model", default=None)
-    parser.add_argument("--llm-api-key", default=None)
+    add_settings_arguments(parser)
     args = parser.parse_args(argv)
     if (args.image is None) == (args.dataset is None):
         parser.error("give either --image/--text/--mention/--candidates or --dataset")
@@ -297,10 +289,25 @@ def cli_record(record: dict[str, Any], entities: dict[str, Entity]) -> dict[str,
     }
 
 
-def settings_from_args(args: argparse.Namespace) -> AgentSettings:
-    settings = AgentSettings.from_env(
-        task=args.task, scorer=args.scorer, skip_judge_margin=args.skip_judge_margin
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The agent's settings as flags (shared by ``agent.link`` and ``agent.chat``); an unset flag
+    keeps the environment's value or the default (``AgentSettings``: it2t, tagger)."""
+    parser.add_argument("--task", choices=("i2t", "it2t"), default=None)
+    parser.add_argument("--scorer", default=None)
+    parser.add_argument("--skip-judge-margin", type=float, default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="judge temperature (paper: 0.75)")
+    parser.add_argument(
+        "--db", "--checkpoint-db", dest="db", type=Path, default=None, help="SQLite checkpoint file"
     )
+    parser.add_argument("--wiki", choices=("offline", "online"), default=None)
+    parser.add_argument("--llm-base-url", default=None)
+    parser.add_argument("--llm-model", default=None)
+    parser.add_argument("--llm-api-key", default=None)
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    chosen = {"task": args.task, "scorer": args.scorer, "skip_judge_margin": args.skip_judge_margin}
+    settings = AgentSettings.from_env(**{k: v for k, v in chosen.items() if v is not None})
     llm = settings.llm
     overrides = {
         k: v

@@ -77,14 +77,15 @@ def show_text(thread: Thread) -> str:
     labels = {c["qid"]: c["label"] for c in v.get("candidates", [])}
     for node, output in node_outputs(v).items():
         lines.append(f"\n── {node} ({output['step']['seconds']:.2f}s)")
-        lines += [f"   {line}" for line in _node_lines(node, output, labels)]
+        lines += [f"   {line}" for line in node_lines(node, output, labels)]
     if v.get("fallbacks"):
         lines.append("\nfallbacks:")
         lines += [f"   - {f}" for f in v["fallbacks"]]
     return "\n".join(lines)
 
 
-def _node_lines(node: str, output: dict[str, Any], labels: dict[str, str]) -> list[str]:
+def node_lines(node: str, output: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """What ``show`` prints of one node's output (``agent.facts`` quotes the same lines)."""
     if node == "describe":
         d = output["descriptors"] or {}
         return [

@@ -6,7 +6,8 @@ thread (``<out name>-s<seed>|<mention id>|<condition>``) in ``<out>/checkpoints.
 killed run resumes thread by thread and ``agent.trace`` can list, show and diff every decision.
 The item line keeps eval's schema (ranking, prediction, correct, rank) and adds the agent's
 fields: ``thread``, ``decided_by``, ``judge`` (used / skipped / fallback), ``node_seconds``
-and ``fallbacks``.
+and ``fallbacks``. An image the reader cannot decode is skipped with the reader's reason, as
+the pre-ranker run skips it, so both pipelines score the same items.
 """
 
 from __future__ import annotations
@@ -23,11 +24,21 @@ from agent.settings import AgentSettings
 from agent.state import NODES
 from agent.traces import TraceStore, first_divergence
 from kb.dataset import Dataset
+from kb.errors import ImageError
+from kb.images import load_rgb
 
 if TYPE_CHECKING:
     from eval.run import PreparedItem, RunConfig
 
 CHECKPOINTS = "checkpoints.sqlite"
+FALLBACK_KINDS = {
+    "describe": "describer",
+    "retrieve": "wiki",
+    "enrich": "writer",
+    "prerank": "prerank",
+    "judge": "judge",
+}
+"""The node a fallback note starts with -> the kind ``results.json`` counts it under."""
 
 
 class AgentPipeline:
@@ -65,6 +76,11 @@ class AgentPipeline:
             "candidates": list(item.candidates.qids),
             **item.notes,
         }
+        if item.skip is None and item.source is None and mention.image_path is not None:
+            try:
+                load_rgb(mention.image_path, mention.bbox)
+            except ImageError as exc:
+                item.skip = f"image_{exc.reason}"
         if item.skip is not None:
             return {**base, "error": item.skip}
         source = item.source or mention.image_path
@@ -100,6 +116,19 @@ def node_timings(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, float
         node: {"p50": round(float(np.median(v)), 4), "mean": round(float(np.mean(v)), 4), "n": len(v)}
         for node, v in by_node.items()
     }
+
+
+def fallback_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Fallbacks taken per kind (``FALLBACK_KINDS``) over a condition's decisions, plus
+    ``decisions``: how many decisions took at least one."""
+    counts = dict.fromkeys([*FALLBACK_KINDS.values(), "decisions"], 0)
+    for record in records:
+        notes = record.get("fallbacks") or []
+        counts["decisions"] += bool(notes)
+        for note in notes:
+            kind = FALLBACK_KINDS.get(note.split(" ", 1)[0].rstrip(":"), "other")
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def divergence_shares(

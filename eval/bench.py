@@ -1,4 +1,9 @@
-"""``python -m eval.bench prerank|agent``: pre-ranker throughput and agent latency.
+"""``python -m eval.bench prerank|agent|ray``: pre-ranker throughput, agent latency, Ray scale-out.
+
+``ray``: mentions/s of the same cold ``eval.run`` (WikiMEL test, t2t, tagger, empty score and
+text caches) with the local executor and with ``--executor ray`` on a local cluster of
+``--workers`` one-CPU actors started beforehand (cluster start is not timed; actor start and
+model loading are), and the ratio Ray / local. Both runs must give the same metrics.
 
 ``agent``: seconds per mention of the LLM-RetLink graph with the embedded judge (Qwen2.5-Coder
 1.5B GGUF through llama.cpp) on pictured mentions, p50 and p95, per node too. Cold = empty
@@ -80,6 +85,55 @@ def prerank(args: argparse.Namespace) -> None:
         )
 
 
+def ray_scaling(args: argparse.Namespace) -> int:
+    """Local vs Ray throughput of one cold run each, in this process, on a private cluster."""
+    import logging
+
+    import ray
+
+    from eval.run import RunConfig, run
+    from tools.executor import ExecutorConfig
+
+    dataset = load_dataset("wikimel", args.data_dir)
+    config = RunConfig(dataset="wikimel", task="t2t", limit=args.limit, data_dir=str(dataset.root))
+    ray.init(
+        num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+    )
+    previous, kb_stores = os.environ.get("MEL_CACHE_DIR"), cache_dir("kb")
+    try:
+        timings = {}
+        for name, executor in (("local", None), ("ray", ExecutorConfig(kind="ray", workers=args.workers))):
+            with tempfile.TemporaryDirectory() as scratch:
+                root = Path(scratch)
+                (root / "kb").symlink_to(kb_stores, target_is_directory=True)
+                os.environ["MEL_CACHE_DIR"] = str(root)  # read by the driver and passed to the actors
+                started = time.perf_counter()
+                results = run(config, root / "out", progress=False, executor=executor)
+                timings[name] = (time.perf_counter() - started, results)
+    finally:
+        ray.shutdown()
+        if previous is None:
+            os.environ.pop("MEL_CACHE_DIR", None)
+        else:
+            os.environ["MEL_CACHE_DIR"] = previous
+    (local, local_results), (sharded, ray_results) = timings["local"], timings["ray"]
+    n = local_results["n"] + local_results["n_skipped"]
+    print(
+        f"WikiMEL test t2t, tagger, {n} mentions, λ=10, cold caches, {os.cpu_count()} cores on this machine"
+    )
+    print(f"{'executor':<22} {'seconds':>8} {'mentions/s':>11} {'acc@1':>6}")
+    for label, seconds, results in (
+        ("local (in-process)", local, local_results),
+        (f"ray ({args.workers} workers)", sharded, ray_results),
+    ):
+        print(
+            f"{label:<22} {seconds:8.1f} {n / seconds:11.2f} {results['metrics']['acc@1']['mean'] * 100:5.1f}%"
+        )
+    same = ray_results["metrics"] == local_results["metrics"]
+    print(f"ratio ray/local throughput: {local / sharded:.2f}x; metrics identical: {same}")
+    return 0 if same else 1
+
+
 def percentile(values: list[float], q: float) -> float:
     import numpy as np
 
@@ -153,9 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     ag.add_argument("--limit", type=int, default=8, help="first N pictured mentions")
     ag.add_argument("--candidates", type=int, default=10)
     ag.add_argument("--task", choices=("i2t", "it2t"), default="it2t")
+    scale = sub.add_parser("ray", help="mentions/s of the local executor vs Ray actors, and the ratio")
+    scale.add_argument("--data-dir", default=None)
+    scale.add_argument("--limit", type=int, default=200, help="first N WikiMEL test mentions")
+    scale.add_argument("--workers", type=int, default=2, help="Ray actors (one CPU each)")
     args = parser.parse_args(argv)
     if args.command == "prerank":
         prerank(args)
+    elif args.command == "ray":
+        return ray_scaling(args)
     else:
         from tools.llm import LLMError
 

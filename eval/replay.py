@@ -232,6 +232,7 @@ def complete(sets: list[AdversarialSet], evaluator: Evaluator, progress: bool) -
         generation_config(evaluator.config, [s.preset for s in lacking], pictured),
         lacking[0].adv_dir,
         progress,
+        executor=evaluator.executor,
     )
     for adversarial in lacking:
         adversarial.load()

@@ -4,7 +4,7 @@
         [--task i2t|it2t|t2t] [--scorer NAME] [--checkpoint PATH] [--candidates 10|100|all]
         [--seeds 0,1,2] [--with-images] [--batch-size 64] [--out DIR]
         [--attack PRESET|LIST|all [--adv-dir ADV-MEL] [--adv-format png|pt]
-         [--attack-config FILE] [--threads T]]
+         [--attack-config FILE] [--threads T]] [--executor local|ray [--ray-address ADDR]]
 
 Writes ``<out>/items.jsonl`` (one line per condition, mention and seed, appended and flushed
 as it finishes, so a killed run resumes from it with the same command and ``--out``),
@@ -22,6 +22,13 @@ are written next to it and the Markdown table is printed. The clean part of ``re
 is the same as without ``--attack``.
 
 Context text for it2t/t2t is ``Mention.context_text()``: "<mention>. <caption>".
+
+``--executor ray`` scores the cache misses on a Ray actor pool (``eval.sharded``; cluster from
+``--ray-address``, ``$RAY_ADDRESS`` or a new local one) and generates missing adversarial images
+the same way (``attacks.sharded``). This process stays the only writer of ``items.jsonl``, so
+resuming works across executors and the per-item lines and ``results.json`` equal a local run's
+(lines are written in the order items come back; scores may differ in their last float bits, see
+``eval.sharded``). ``--pipeline agent`` runs locally only.
 """
 
 from __future__ import annotations
@@ -43,14 +50,16 @@ from tqdm import tqdm
 
 from agent.traces import TraceStore
 from eval import replay, tables
-from eval.agent_pipeline import AgentPipeline, divergence_shares, node_timings
+from eval.agent_pipeline import AgentPipeline, divergence_shares, fallback_counts, node_timings
 from eval.metrics import drift, gold_rank, mean_std, metrics_from_ranks, ranking
 from eval.score_cache import ScoreCache, file_digest
+from eval.sharded import RayScoring
 from kb.candidates import CandidateBuilder, CandidateSet
 from kb.dataset import Dataset, dataset_names, load_dataset
 from kb.errors import DatasetError, ImageError
 from kb.images import load_rgb, to_tensor
 from kb.records import Mention
+from tools.executor import ExecutorConfig, add_executor_arguments, executor_from_args
 
 IMAGE_TASKS = ("i2t", "it2t")
 TEXT_TASKS = ("it2t", "t2t")
@@ -169,6 +178,8 @@ def prepare(
             if mention.image_path not in digests:
                 digests[mention.image_path] = file_digest(mention.image_path)
             item.image_digest = digests[mention.image_path]
+    if not candidates.qids:  # e.g. an empty knowledge base: nothing to rank
+        item.skip = "no_candidates"
     if item.skip is None:
         item.refresh_key(config.task)
     return item
@@ -276,13 +287,13 @@ class ItemLog:
         self.key = key
         self.done: dict[Hashable, dict[str, Any]] = {}
         if path.is_file():
-            with path.open("r", encoding="utf-8") as handle:
+            with path.open("rb") as handle:
                 for line in handle:
                     try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        break  # a line cut by a kill: everything after it is redone
-                    self.done[key(record)] = record
+                        record = json.loads(line.decode("utf-8"))
+                        self.done[key(record)] = record
+                    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                        break  # a line cut by a kill (even mid-character): it and the rest are redone
             self._rewrite_complete_lines()
         self.handle = path.open("a", encoding="utf-8")
 
@@ -319,9 +330,17 @@ class Evaluator:
     """
 
     def __init__(
-        self, config: RunConfig, dataset: Dataset, mentions: list[Mention], out: Path, progress: bool
+        self,
+        config: RunConfig,
+        dataset: Dataset,
+        mentions: list[Mention],
+        out: Path,
+        progress: bool,
+        executor: ExecutorConfig | None = None,
     ) -> None:
         self.config = config
+        self.executor = executor or ExecutorConfig()
+        self.sharded = RayScoring(config, self.executor) if self.executor.is_ray else None
         self.dataset = dataset
         self.mentions = mentions
         self.progress = progress
@@ -340,6 +359,7 @@ class Evaluator:
             unit="mention",
             disable=not self.progress,
         )
+        pending: list[tuple[PreparedItem, int]] = []  # cache misses for the Ray pool, scored last
         try:
             for seed in config.seeds:
                 for start in range(0, len(self.mentions), config.batch_size):
@@ -353,26 +373,49 @@ class Evaluator:
                     if attach is not None:
                         for item in items:
                             attach(item)
+                    deferred: list[PreparedItem] = []
                     if self.agent is not None:
                         for item in items:
                             log.append(self.agent.link(item, seed, condition))
                     else:
-                        self._score(items)
+                        missing = self._from_cache(items)
+                        if self.sharded is not None:  # one pool for the whole condition, below
+                            deferred = missing
+                            pending.extend((item, seed) for item in missing)
+                            items = [i for i in items if i.logits is not None or i.skip is not None]
+                        elif missing:
+                            score_missing(missing, self.scorer, config)
+                            self._to_cache(missing)
                         for item in items:
                             log.append(item_record(item, seed, condition))
-                    bar.update(len(chunk))
+                    bar.update(len(chunk) - len(deferred))
+            if pending:
+                self._score_sharded(pending, condition, bar)
         finally:
             bar.close()
 
-    def _score(self, items: list[PreparedItem]) -> None:
+    def _score_sharded(self, pending: list[tuple[PreparedItem, int]], condition: str, bar: tqdm) -> None:
+        """Write each item as the Ray pool returns it; the cache is filled every ``batch_size`` items."""
+        scored: list[PreparedItem] = []
+        for item, seed in self.sharded.score(pending, self.progress):
+            self.log.append(item_record(item, seed, condition))
+            scored.append(item)
+            if len(scored) >= self.config.batch_size:
+                self._to_cache(scored)
+                scored = []
+            bar.update(1)
+        self._to_cache(scored)
+
+    def _from_cache(self, items: list[PreparedItem]) -> list[PreparedItem]:
+        """Fill ``logits`` from the score cache; returns the scorable items it did not have."""
         scorable = [i for i in items if i.skip is None]
         hits = self.cache.get_many([i.key for i in scorable])
         for item in scorable:
             item.logits = hits.get(item.key)
-        missing = [i for i in scorable if i.logits is None]
-        if missing:
-            score_missing(missing, self.scorer, self.config)
-            self.cache.put_many({i.key: i.logits for i in missing if i.logits is not None})
+        return [i for i in scorable if i.logits is None]
+
+    def _to_cache(self, items: list[PreparedItem]) -> None:
+        self.cache.put_many({i.key: i.logits for i in items if i.logits is not None})
 
     def records(self, condition: str, seed: int) -> list[dict[str, Any]]:
         """This run's lines of one condition and seed, in mention order."""
@@ -413,9 +456,13 @@ class Evaluator:
             self.agent.close()
 
 
-def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+def run(
+    config: RunConfig, out: Path, progress: bool = True, executor: ExecutorConfig | None = None
+) -> dict[str, Any]:
     """Evaluate (and replay attacks), resuming from ``out/items.jsonl`` when it holds this config."""
     started = time.perf_counter()
+    if executor is not None and executor.is_ray and config.pipeline == "agent":
+        raise ValueError("--executor ray shards the prerank pipeline; run --pipeline agent locally")
     if config.attack and config.task not in IMAGE_TASKS:
         raise ValueError(f"--attack perturbs images: use an image task ({', '.join(IMAGE_TASKS)})")
     presets = replay.presets_for(config) if config.attack else []  # unknown names fail before work
@@ -423,7 +470,7 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     _check_resume(out, config)
     dataset = load_dataset(config.dataset, config.data_dir)
     mentions = select_mentions(dataset, config)
-    evaluator = Evaluator(config, dataset, mentions, out, progress)
+    evaluator = Evaluator(config, dataset, mentions, out, progress, executor)
     attacks = None
     try:
         evaluator.evaluate(CLEAN)
@@ -444,11 +491,19 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
 
 
 def add_agent_fields(results: dict[str, Any], evaluator: Evaluator) -> None:
-    """Per-node seconds of every condition and, per attack, where flipped decisions diverged."""
+    """Per-node seconds and fallback counts of every condition and, per attack, where flipped
+    decisions diverged."""
     seed = evaluator.config.seeds[0]
     clean = {r["id"]: r for r in evaluator.records(CLEAN, seed)}
     results["node_seconds"] = node_timings(r for r in clean.values() if not r["error"])
+    results["fallbacks"] = fallback_counts(
+        r for s in evaluator.config.seeds for r in evaluator.records(CLEAN, s)
+    )
     attacks = results.get("attacks") or {}
+    for preset, block in attacks.items():
+        block["fallbacks"] = fallback_counts(
+            r for s in evaluator.config.seeds for r in evaluator.records(preset, s)
+        )
     if not attacks or not evaluator.agent.settings.checkpoint_db.is_file():
         return  # no attack, or no decision was ever made (every item skipped)
     traces = TraceStore(evaluator.agent.settings.checkpoint_db)
@@ -572,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     attack.add_argument("--attack-config", default=None, help="JSON/TOML file of custom presets")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
+    add_executor_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -595,11 +651,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = args.out or default_out(config)
     try:
-        results = run(config, out, progress=not args.quiet)
+        results = run(config, out, progress=not args.quiet, executor=executor_from_args(args))
     except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary_line(results))
+    if "fallbacks" in results:
+        print(f"agent fallbacks (clean): {json.dumps(results['fallbacks'])}")
     for preset, attacked in results.get("attacks", {}).items():
         print(replay.summary_line(preset, attacked))
     if results.get("attacks"):

@@ -2,14 +2,15 @@
 
     python -m eval.tables RUN [RUN ...] [--out DIR]      # RUN: a run folder or its results.json
 
-One table per dataset. Rows are scorers; columns follow Table 2, for I2T and then IT2T:
-RAW (the clean run), PGD-N, PGD-S, APGD-N, APGD-S, CW-N, CW-S, then any custom preset a run
-replayed (by name). Cells are acc@1 in % (mean over seeds), "–" where no run filled them; a
-later file overrides an earlier one's cell, so an i2t run and an it2t run fill one table.
-Runs of other tasks (t2t) are left out. Writes ``table.md`` (the printed tables),
-``table.csv`` (one header row, a ``Dataset`` column, empty cells where the Markdown has "–")
-and ``accuracy_per_attack.png`` (grouped bars: conditions on x, one bar per scorer, one panel
-per dataset and task). ``eval.run --attack`` calls ``write_tables`` on its own results.
+One table per dataset. Rows are scorers (an agent run's row: ``agent (<scorer>)``); columns
+follow Table 2, for I2T and then IT2T: RAW (the clean run), PGD-N, PGD-S, APGD-N, APGD-S,
+CW-N, CW-S, then any custom preset a run replayed (by name). Cells are acc@1 in % (mean over
+seeds), "–" where no run filled them; a later file overrides an earlier one's cell, so an
+i2t run and an it2t run fill one table. Runs of other tasks (t2t) are left out. Writes
+``table.md`` (the printed tables), ``table.csv`` (one header row, a ``Dataset`` column, empty
+cells where the Markdown has "–") and ``accuracy_per_attack.png`` (grouped bars: conditions on
+x, one bar per scorer, one panel per dataset and task). ``eval.run --attack`` calls
+``write_tables`` on its own results; ``eval.report`` puts the same tables and plot in HTML.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 TASKS = {"i2t": "I2T", "it2t": "IT2T"}
 RAW = "RAW"
@@ -46,7 +47,7 @@ def collect(results: Sequence[dict[str, Any]]) -> tuple[Cells, list[str]]:
     for run in results:
         if run["task"] not in TASKS:
             continue
-        row = cells.setdefault(run["dataset"], {}).setdefault(run["scorer"], {})
+        row = cells.setdefault(run["dataset"], {}).setdefault(row_name(run), {})
         row[(run["task"], RAW)] = run["metrics"]["acc@1"]["mean"] * 100
         for preset, attacked in (run.get("attacks") or {}).items():
             column = TABLE2.get(preset, preset)
@@ -56,11 +57,16 @@ def collect(results: Sequence[dict[str, Any]]) -> tuple[Cells, list[str]]:
     return cells, [RAW, *TABLE2.values(), *custom]
 
 
+def row_name(run: dict[str, Any]) -> str:
+    """A scorer's row, or ``agent (<scorer>)`` for the agent with that scorer as pre-ranker."""
+    return f"agent ({run['scorer']})" if run.get("pipeline") == "agent" else run["scorer"]
+
+
 def headers(columns: Sequence[str]) -> list[str]:
     return [f"{label} {column}" for label in TASKS.values() for column in columns]
 
 
-def _cell(value: float | None, missing: str) -> str:
+def cell_text(value: float | None, missing: str) -> str:
     return missing if value is None or value != value else f"{value:.1f}"
 
 
@@ -71,14 +77,14 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         names = ["Model", *headers(columns)]
         lines = [f"### {dataset}", "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
         for scorer, row in rows.items():
-            values = [_cell(row.get((task, c)), MISSING) for task in TASKS for c in columns]
+            values = [cell_text(row.get((task, c)), MISSING) for task in TASKS for c in columns]
             lines.append("| " + " | ".join([scorer, *values]) + " |")
-        lines += ["", f"acc@1 (%); {_counts(results, dataset)}"]
+        lines += ["", f"acc@1 (%); {counts_line(results, dataset)}"]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
-def _counts(results: Sequence[dict[str, Any]], dataset: str) -> str:
+def counts_line(results: Sequence[dict[str, Any]], dataset: str) -> str:
     """Which items each cell is over: n per run and condition."""
     parts = []
     for run in results:
@@ -87,7 +93,7 @@ def _counts(results: Sequence[dict[str, Any]], dataset: str) -> str:
             order = [*(p for p in TABLE2 if p in attacks), *(p for p in attacks if p not in TABLE2)]
             attacked = ", ".join(f"{TABLE2.get(p, p)} {attacks[p]['n']}" for p in order)
             parts.append(
-                f"{run['scorer']} {TASKS[run['task']]}: split {run['split']}, λ={run['candidates']}, "
+                f"{row_name(run)} {TASKS[run['task']]}: split {run['split']}, λ={run['candidates']}, "
                 f"RAW n={run['n']}" + (f", {attacked}" if attacked else "")
             )
     return "; ".join(parts)
@@ -105,8 +111,9 @@ def csv_text(results: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
-    """Grouped bars of accuracy per condition, one bar per scorer, one panel per dataset and task."""
+def plot(results: Sequence[dict[str, Any]], path: Path | BinaryIO) -> None:
+    """Grouped bars of accuracy per condition, one bar per scorer, one panel per dataset and task
+    (a PNG file, or PNG bytes into a binary stream for ``eval.report``)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
 
     cells, columns = collect(results)
@@ -130,7 +137,7 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.set_title(f"{dataset} {TASKS[task]}")
         ax.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
 
 
 def write_tables(results: Sequence[dict[str, Any]], out: Path) -> str:

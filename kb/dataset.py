@@ -9,15 +9,16 @@ that name the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kb.errors import DatasetError, DatasetFileMissing, ItemError, env_key
-from kb.records import Entity, Mention
+from kb.records import NIL, QID_PATTERN, Entity, Mention, find_span
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "mel"
@@ -34,6 +35,13 @@ class Dataset:
     captions: int
     errors: list[ItemError] = field(default_factory=list)
     splits_declared: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Last line of defence shared by every loader: whatever a format let through, the
+        records downstream code sees have unique ids, QIDs and text that can be written out."""
+        self.entities, entity_errors = _checked_entities(self.entities, self.name)
+        self.mentions, mention_errors = _checked_mentions(self.mentions, self.name, self.root)
+        self.errors = [*self.errors, *entity_errors, *mention_errors]
 
     def split(self, name: str | None) -> list[Mention]:
         """Mentions of one split; ``None`` or ``"all"`` gives every mention."""
@@ -76,6 +84,92 @@ class Dataset:
 
 
 Loader = Callable[[Path], Dataset]
+
+
+def _is_text(value: Any) -> bool:
+    """A string that can be written as UTF-8 (JSON allows lone surrogates such as "\\ud800")."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked_entities(entities: dict[str, Entity], source: str) -> tuple[dict[str, Entity], list[ItemError]]:
+    """Entities keyed by a valid QID with writable text; the others are dropped and recorded."""
+    kept: dict[str, Entity] = {}
+    errors: list[ItemError] = []
+    for key, entity in entities.items():
+        if not (isinstance(key, str) and QID_PATTERN.match(key) and entity.qid == key):
+            errors.append(ItemError(str(key), "qid", "knowledge-base key is not a Wikidata QID", source))
+        elif not (_is_text(entity.label) and _is_text(entity.description)):
+            errors.append(ItemError(key, "label/description", "not valid Unicode text", source))
+        else:
+            aliases = tuple(a for a in entity.aliases if _is_text(a))
+            kept[key] = entity if aliases == entity.aliases else replace(entity, aliases=aliases)
+    return kept, errors
+
+
+def _checked_mentions(
+    mentions: list[Mention], source: str, root: Path | None
+) -> tuple[list[Mention], list[ItemError]]:
+    """Mentions with a unique id, a QID or NIL gold, writable text, a span inside the sentence,
+    a finite box, QID candidates and an image inside the data folder; the first of duplicate
+    ids is kept. A bad span or candidate is repaired and recorded, anything else drops the item."""
+    kept: list[Mention] = []
+    errors: list[ItemError] = []
+    seen: set[str] = set()
+    folder = Path(os.path.normpath(root.absolute())) if root is not None else None
+    for mention in mentions:
+        item = str(mention.id)
+        problem = _mention_problem(mention, seen, folder)
+        if problem is not None:
+            errors.append(ItemError(item, problem[0], problem[1], source))
+            continue
+        seen.add(mention.id)
+        changes: dict[str, Any] = {}
+        if mention.span is not None and not _span_ok(mention.span, mention.sentence):
+            errors.append(ItemError(item, "span", f"{mention.span!r} is not a span of the sentence", source))
+            changes["span"] = find_span(mention.sentence, mention.mention)
+        candidates = tuple(q for q in mention.candidates if isinstance(q, str) and QID_PATTERN.match(q))
+        if candidates != tuple(mention.candidates):
+            errors.append(ItemError(item, "candidates", "entries that are not QIDs were dropped", source))
+            changes["candidates"] = tuple(dict.fromkeys(candidates))
+        kept.append(replace(mention, **changes) if changes else mention)
+    return kept, errors
+
+
+def _mention_problem(mention: Mention, seen: set[str], folder: Path | None) -> tuple[str, str] | None:
+    """(field, reason) of the first thing that makes ``mention`` unusable, else None."""
+    if not isinstance(mention.id, str) or not mention.id or not _is_text(mention.id):
+        return ("id", "empty or not text")
+    if mention.id in seen:
+        return ("id", "duplicate id: the first record with this id is kept")
+    if not (mention.gold == NIL or (isinstance(mention.gold, str) and QID_PATTERN.match(mention.gold))):
+        return ("answer", f"not a Wikidata QID or NIL: {mention.gold!r}")
+    for name in ("sentence", "mention", "split"):
+        if not _is_text(getattr(mention, name)):
+            return (name, "not valid Unicode text")
+    if mention.bbox is not None and not (
+        len(mention.bbox) == 4 and all(isinstance(v, int | float) and math.isfinite(v) for v in mention.bbox)
+    ):
+        return ("boundingbox", f"expected four finite numbers, got {mention.bbox!r}")
+    if mention.image_path is not None and folder is not None:
+        # Lexical, not resolved: an images/ folder may be a symlink to another disk.
+        if not Path(os.path.normpath(Path(folder, mention.image_path))).is_relative_to(folder):
+            return ("image", f"path {str(mention.image_path)!r} points outside {folder}")
+    return None
+
+
+def _span_ok(span: Any, sentence: str) -> bool:
+    return (
+        isinstance(span, tuple)
+        and len(span) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+        and 0 <= span[0] <= span[1] <= len(sentence)
+    )
 
 
 @dataclass(frozen=True)
@@ -137,13 +231,35 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> Dataset:
     return spec.loader(resolve_data_dir(name, data_dir))
 
 
-def read_json(path: Path, dataset: str, published_at: str, expect: type | None = None) -> Any:
-    """Parse a JSON file, raising errors that name the file and what shape was expected."""
+def read_json(
+    path: Path,
+    dataset: str,
+    published_at: str,
+    expect: type | None = None,
+    duplicates: list[str] | None = None,
+) -> Any:
+    """Parse a JSON file, raising errors that name the file and what shape was expected.
+
+    With ``duplicates``, a key an object repeats is appended to it and the first value is kept
+    (plain ``json`` silently keeps the last), so a loader keyed by id can record the repeat.
+    """
     if not path.is_file():
         raise DatasetFileMissing(path, dataset, published_at)
+    hook = None
+    if duplicates is not None:
+
+        def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            kept: dict[str, Any] = {}
+            for key, value in pairs:
+                if key in kept:
+                    duplicates.append(key)
+                else:
+                    kept[key] = value
+            return kept
+
     try:
         with path.open("r", encoding="utf-8") as handle:
-            data = json.load(handle)
+            data = json.load(handle, object_pairs_hook=hook)
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{dataset}: {path} is not UTF-8 text ({exc})") from exc
     except json.JSONDecodeError as exc:

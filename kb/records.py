@@ -7,12 +7,16 @@ cached and hashed without defensive copies.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 NIL = "NIL"
 """Gold label of a mention whose entity is not in the knowledge base."""
+
+QID_PATTERN = re.compile(r"^Q[1-9][0-9]*$")
+"""A Wikidata item id: Q followed by a positive number without leading zeros."""
 
 
 @dataclass(frozen=True)

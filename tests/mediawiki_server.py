@@ -331,10 +331,3 @@ def _handler(server: MediaWikiServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
 
     return Handler
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (bound, then released): connections are refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

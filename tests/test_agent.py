@@ -9,12 +9,12 @@ always the real ones.
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from support import closed_port
 
 from agent.link import Linker, build_candidates, initial_state, link_mentions
 from agent.resources import Resources, load_pixels
@@ -29,12 +29,6 @@ from tools.wiki import WikiSettings
 @pytest.fixture(scope="module")
 def demo():
     return load_dataset("demo")
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def offline_settings(tmp_path: Path, **overrides) -> AgentSettings:

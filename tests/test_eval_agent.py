@@ -8,10 +8,10 @@ attack are real. The real LLM's path is covered in tests/test_agent.py.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
+from support import closed_port, private_cache
 
 from agent.state import NODES
 from agent.traces import TraceStore
@@ -26,16 +26,10 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    from kb.cache import cache_dir
-
     root = tmp_path_factory.mktemp("agent-eval")
-    (root / "cache").mkdir()
-    for shared in ("kb", "text_embeddings"):
-        (root / "cache" / shared).symlink_to(cache_dir(shared), target_is_directory=True)
+    private_cache(root / "cache")
     (root / "fast.json").write_text(json.dumps(FAST))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEL_CACHE_DIR", str(root / "cache"))
         patch.setenv("MEL_LLM_BASE_URL", f"http://127.0.0.1:{port}/v1")

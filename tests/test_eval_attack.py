@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import private_cache
 
 from attacks import generate
 from eval import run as eval_run
@@ -33,12 +34,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     text embeddings (pure functions of their inputs) stay shared.
     """
     import tools.scorers
-    from kb.cache import cache_dir
 
     root = tmp_path_factory.mktemp("attack-eval")
-    (root / "cache").mkdir()
-    for shared in ("kb", "text_embeddings"):
-        (root / "cache" / shared).symlink_to(cache_dir(shared), target_is_directory=True)
+    private_cache(root / "cache")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a loaded 2-core box: two intra-op threads spin against each other
     tagger = load_scorer("tagger", task="i2t").eval()

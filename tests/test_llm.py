@@ -9,7 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from openai_faults_server import ANSWER, MODEL, closed_port, fault_server
+from openai_faults_server import ANSWER, MODEL, fault_server
+from support import closed_port
 
 from tools.llm import EmbeddedChat, LLMError, LLMSettings, OpenAIChat, chat_model, parse_choice
 from tools.llm.openai_chat import parse_sse, retry_after

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mediawiki_server import Corpus, Item, MediaWikiServer, Page, closed_port
+from mediawiki_server import Corpus, Item, MediaWikiServer, Page
+from support import closed_port
 
 from kb.dataset import load_dataset
 from kb.errors import DatasetFileMissing

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kb.dataset import Dataset, DatasetSpec, read_json_lines, register
 from kb.errors import DatasetFileMissing, ItemError
-from kb.loaders.common import image_in_folder, make_mention
+from kb.loaders.common import image_in_folder, make_mention, optional_text, record_id
 from kb.records import Entity
 
 NAME = "zh"
@@ -35,12 +35,20 @@ def load(root: Path) -> Dataset:
         if not isinstance(record, dict) or not isinstance(record.get("qid"), str):
             errors.append(ItemError(f"entities#{position}", "qid", "missing or not text", "entities.jsonl"))
             continue
+        qid = record["qid"]
+        label = optional_text(record, "label", qid, "entities.jsonl", errors)
+        description = optional_text(record, "description", qid, "entities.jsonl", errors)
         aliases = record.get("aliases") or []
-        entities[record["qid"]] = Entity(
-            qid=record["qid"],
-            label=str(record.get("label") or record["qid"]),
-            description=str(record.get("description") or ""),
-            aliases=tuple(str(a) for a in aliases if isinstance(a, str)),
+        if label is None or description is None:
+            continue
+        if not isinstance(aliases, list):
+            errors.append(ItemError(qid, "aliases", "expected a list of strings", "entities.jsonl"))
+            aliases = []
+        entities[qid] = Entity(
+            qid=qid,
+            label=label or qid,
+            description=description,
+            aliases=tuple(a for a in aliases if isinstance(a, str)),
         )
     mentions = []
     images = root / "images"
@@ -48,11 +56,12 @@ def load(root: Path) -> Dataset:
         records, line_errors = read_json_lines(path, NAME, PUBLISHED_AT)
         errors += line_errors
         for position, record in enumerate(records):
-            item = (
-                str(record.get("id", f"{path.stem}-{position}"))
-                if isinstance(record, dict)
-                else f"{path.stem}-{position}"
-            )
+            item = f"{path.stem}-{position}"
+            if isinstance(record, dict) and "id" in record:
+                if record_id(record["id"]) is None:
+                    errors.append(ItemError(item, "id", "expected a string or integer id", str(path)))
+                    continue
+                item = record_id(record["id"])
             if (
                 not isinstance(record, dict)
                 or not isinstance(record.get("sentence"), str)
@@ -61,12 +70,15 @@ def load(root: Path) -> Dataset:
                 errors.append(ItemError(item, "sentence/mention", "missing or not text", str(path)))
                 continue
             span = record.get("span")
+            split = optional_text(record, "split", item, str(path), errors)
+            if split is None:
+                continue
             built = make_mention(
                 mention_id=item,
                 sentence=record["sentence"],
                 surface=record["mention"],
                 gold_raw=record.get("answer"),
-                split=str(record.get("split") or (path.stem if path.stem != "mentions" else "all")),
+                split=split or (path.stem if path.stem != "mentions" else "all"),
                 source=str(path),
                 errors=errors,
                 image_path=image_in_folder(images, record.get("image"), item, str(path), errors),

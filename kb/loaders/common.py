@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from kb.errors import ItemError
-from kb.records import NIL, Entity, Mention, find_span
-
-QID_PATTERN = re.compile(r"^Q[1-9][0-9]*$")
+from kb.records import NIL, QID_PATTERN, Entity, Mention, find_span
 
 
 def normalise_gold(value: Any) -> str | None:
@@ -39,6 +36,29 @@ def text_field(record: Any, key: str, item: str, source: str, errors: list[ItemE
         errors.append(ItemError(item, key, f"expected a string, found {type(value).__name__}", source))
         return None
     return value
+
+
+def optional_text(
+    record: dict[str, Any], key: str, item: str, source: str, errors: list[ItemError]
+) -> str | None:
+    """``record[key]`` when it is text, "" when absent or null; None after recording a wrong type
+    (a number or a list where text belongs is a broken record, not a caption to score)."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors.append(ItemError(item, key, f"expected a string, found {type(value).__name__}", source))
+        return None
+    return value
+
+
+def record_id(value: Any) -> str | None:
+    """A record's own id as text: a non-empty string or an integer (not a bool), else None."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def make_mention(

@@ -16,7 +16,7 @@ from typing import Any
 
 from kb.dataset import Dataset, DatasetSpec, register
 from kb.errors import DatasetFileMissing, ItemError
-from kb.loaders.common import QID_PATTERN, image_in_folder, make_mention, read_records
+from kb.loaders.common import QID_PATTERN, image_in_folder, make_mention, optional_text, read_records
 from kb.records import Entity
 
 NAME = "m3el"
@@ -31,18 +31,25 @@ def split_from_name(path: Path) -> str:
     return "all"
 
 
-def _entity(record: Any, images: Path) -> Entity | None:
+def _entity(record: Any, images: Path, item: str, source: str, errors: list[ItemError]) -> Entity | None:
+    """The entity a record or candidate describes; None when it has no valid Qid (the caller
+    says so) or when its name or description is not text (recorded here)."""
     if not isinstance(record, dict) or not isinstance(record.get("Qid"), str):
         return None
     if not QID_PATTERN.match(record["Qid"]):
         return None
+    qid = record["Qid"]
+    name = optional_text(record, "name", f"{item}/{qid}", source, errors)
+    description = optional_text(record, "description", f"{item}/{qid}", source, errors)
+    if name is None or description is None:
+        return None
     image = record.get("image")
     first = image[0] if isinstance(image, list) and image else None
     return Entity(
-        qid=record["Qid"],
-        label=str(record.get("name") or record["Qid"]),
-        description=str(record.get("description") or ""),
-        image_paths=(images / first,) if isinstance(first, str) and first else (),
+        qid=qid,
+        label=name or qid,
+        description=description,
+        image_paths=(images / first,) if image_in_folder(images, first, item, source, []) else (),
     )
 
 
@@ -64,8 +71,13 @@ def load(root: Path) -> Dataset:
                 continue
             candidates = record.get("candidates") or []
             candidate_ids = []
-            for candidate in candidates if isinstance(candidates, list) else []:
-                entity = _entity(candidate, images)
+            if not isinstance(candidates, list):
+                errors.append(
+                    ItemError(item, "candidates", "expected a list of candidate objects", str(path))
+                )
+                continue
+            for candidate in candidates:
+                entity = _entity(candidate, images, item, str(path), errors)
                 if entity is None:
                     errors.append(
                         ItemError(
@@ -78,15 +90,19 @@ def load(root: Path) -> Dataset:
                     continue
                 entities.setdefault(entity.qid, entity)
                 candidate_ids.append(entity.qid)
-            gold_entity = _entity(record, images)
+            gold_entity = _entity(record, images, item, str(path), errors)
             if gold_entity is not None:
                 entities.setdefault(gold_entity.qid, gold_entity)
             image = record.get("image")
             first = image[0] if isinstance(image, list) and image else image
+            sentence = optional_text(record, "sentence", item, str(path), errors)
+            surface = optional_text(record, "mention", item, str(path), errors)
+            if sentence is None or surface is None:
+                continue
             built = make_mention(
                 mention_id=item,
-                sentence=str(record.get("sentence") or ""),
-                surface=str(record.get("mention") or ""),
+                sentence=sentence,
+                surface=surface,
                 gold_raw=record.get("Qid"),
                 split=split,
                 source=str(path),

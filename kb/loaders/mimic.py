@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from kb.dataset import Dataset, DatasetSpec, read_json, register
 from kb.errors import DatasetError, ItemError
-from kb.loaders.common import make_mention, text_field
+from kb.loaders.common import image_in_folder, make_mention, optional_text, record_id, text_field
 from kb.records import Entity
 
 NAME = "mimic"
@@ -54,11 +54,16 @@ def load(root: Path) -> Dataset:
         if qid is None or name is None:
             continue
         images = record.get("image_list") or []
+        attr = optional_text(record, "attr", qid, str(kb_path), errors)
+        if attr is None:
+            continue
         entities[qid] = Entity(
             qid=qid,
             label=unquote(name),
-            description=str(record.get("attr") or ""),
-            image_paths=tuple(kb_images / str(i) for i in images if isinstance(i, str)),
+            description=attr,
+            image_paths=tuple(kb_images / i for i in images if isinstance(i, str))
+            if isinstance(images, list)
+            else (),
         )
     image_dir = next(
         (root / d for d in ("mention_image", "mention_images") if (root / d).is_dir()),
@@ -67,8 +72,14 @@ def load(root: Path) -> Dataset:
     mentions = []
     for path, split in files:
         for position, record in enumerate(read_json(path, NAME, PUBLISHED_AT, expect=list)):
-            raw_id = record.get("id") if isinstance(record, dict) else None
-            mention_id = f"{split}-{raw_id if raw_id is not None else position}"
+            has_id = isinstance(record, dict) and record.get("id") is not None
+            own_id = record_id(record["id"]) if has_id else str(position)
+            if own_id is None:
+                errors.append(
+                    ItemError(f"{split}#{position}", "id", "expected a string or integer id", str(path))
+                )
+                continue
+            mention_id = f"{split}-{own_id}"
             surface = text_field(record, "mentions", mention_id, str(path), errors)
             sentence = (
                 text_field(record, "sentence", mention_id, str(path), errors) if surface is not None else None
@@ -76,7 +87,12 @@ def load(root: Path) -> Dataset:
             if surface is None or sentence is None:
                 continue
             image_name = record.get("imgPath") or ""
-            image = image_dir / (Path(str(image_name)).stem + ".jpg") if image_name else None
+            named = (
+                image_in_folder(image_dir, image_name, mention_id, str(path), errors) if image_name else None
+            )
+            if image_name and named is None:
+                continue
+            image = image_dir / (named.stem + ".jpg") if named is not None else None  # MIMIC stores JPEGs
             built = make_mention(
                 mention_id=mention_id,
                 sentence=sentence,

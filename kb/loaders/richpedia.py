@@ -31,7 +31,8 @@ def _image_for(images: Path, sample_id: str) -> Path:
 
 def load(root: Path) -> Dataset:
     source = root / "Richpedia-MEL.json"
-    annotations = read_json(source, NAME, PUBLISHED_AT, expect=dict)
+    repeated: list[str] = []
+    annotations = read_json(source, NAME, PUBLISHED_AT, expect=dict, duplicates=repeated)
     split_of: dict[str, str] = {}
     declared: dict[str, int] = {}
     for split in ("train", "dev", "test"):
@@ -49,7 +50,10 @@ def load(root: Path) -> Dataset:
         PUBLISHED_AT,
         expect=dict,
     )
-    errors: list[ItemError] = []
+    errors = [
+        ItemError(key, "id", "duplicate key in the file: the first value is kept", str(source))
+        for key in repeated
+    ]
     aliases: dict[str, set[str]] = {}
     mentions = []
     images = root / "images"

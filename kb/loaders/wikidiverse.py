@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 from kb.dataset import Dataset, DatasetSpec, read_json, register
 from kb.errors import DatasetError, ItemError
-from kb.loaders.common import caption_mentions, entities_from_maps, image_in_folder, make_mention
+from kb.loaders.common import caption_mentions, entities_from_maps, image_in_folder, make_mention, record_id
 from kb.records import NIL
 
 NAME = "wikidiverse"
@@ -59,21 +59,23 @@ def _load_repack(root: Path) -> Dataset:
     source = root / "kgmel_WikiDiverse.json"
     captions = read_json(source, NAME, PUBLISHED_AT, expect=list)
     mapping = read_json(root / "kgmel_ids_split_mappings.json", NAME, PUBLISHED_AT, expect=dict)
-    splits = mapping.get("WikiDiverse", {})
+    splits = _id_lists(mapping.get("WikiDiverse", {}), root / "kgmel_ids_split_mappings.json")
     split_of = {str(i): ("dev" if s == "val" else s) for s, ids in splits.items() for i in ids}
     blank_path = root / "kgmel_ids_blank_image.json"
     blank = read_json(blank_path, NAME, PUBLISHED_AT, expect=dict) if blank_path.is_file() else {}
-    blank_ids = {str(i) for i in blank.get("WikiDiverse", [])}
+    blank_ids = {str(i) for i in blank.get("WikiDiverse") or [] if isinstance(blank.get("WikiDiverse"), list)}
     images = _images_dir(root)
     errors: list[ItemError] = []
     aliases: dict[str, set[str]] = {}
     labels: dict[str, str] = {}
     mentions = []
     for position, record in enumerate(captions):
-        if not isinstance(record, dict) or "id" not in record:
-            errors.append(ItemError(f"#{position}", "id", "caption record without an id", str(source)))
+        caption_id = record_id(record.get("id")) if isinstance(record, dict) else None
+        if caption_id is None:
+            errors.append(
+                ItemError(f"#{position}", "id", "caption record without a string or integer id", str(source))
+            )
             continue
-        caption_id = str(record["id"])
         sentence = record.get("sentence")
         if not isinstance(sentence, str):
             errors.append(ItemError(caption_id, "sentence", "missing or not text", str(source)))
@@ -105,6 +107,13 @@ def _load_repack(root: Path) -> Dataset:
         errors=errors,
         splits_declared={("dev" if s == "val" else s): len(ids) for s, ids in splits.items()},
     )
+
+
+def _id_lists(splits: Any, path: Path) -> dict[str, list[Any]]:
+    """{split: [ids]} of the repack's mapping file; any other shape names the file."""
+    if not isinstance(splits, dict) or not all(isinstance(ids, list) for ids in splits.values()):
+        raise DatasetError(f'{NAME}: {path} should map "WikiDiverse" to {{split: [ids]}}')
+    return splits
 
 
 def official_image_name(img_url: str) -> str:
@@ -176,11 +185,16 @@ def _official_rows(
     row: Any, item: str, source: str, errors: list[ItemError]
 ) -> tuple[str, str, list[tuple[str, Any, Any, str, list[str]]]] | None:
     """Normalise a passage-level or a 10-candidate row to (sentence, img_url, mentions)."""
+    if isinstance(row, list) and len(row) in (4, 11) and not _caption_and_url(row):
+        errors.append(
+            ItemError(item, "row", "caption must be a string and image URL a string or null", source)
+        )
+        return None
     if isinstance(row, list) and len(row) == 4 and isinstance(row[3], list):
         caption, img_url, _topic, spans = row
         items = []
         for span in spans:
-            if not (isinstance(span, list) and len(span) >= 5):
+            if not (isinstance(span, list) and len(span) >= 5 and isinstance(span[0], str)):
                 errors.append(
                     ItemError(
                         item,
@@ -190,10 +204,19 @@ def _official_rows(
                     )
                 )
                 continue
-            items.append((str(span[0]), span[2], span[3], str(span[4] or ""), []))
+            if span[4] is not None and not isinstance(span[4], str):
+                errors.append(ItemError(item, "wiki_url", f"expected a URL string, got {span[4]!r}", source))
+                continue
+            items.append((span[0], span[2], span[3], span[4] or "", []))
         return str(caption), str(img_url or ""), items
     if isinstance(row, list) and len(row) == 11:
         sentence, img_url, surface, _type, _left, _right, url, cands, _topic, start, end = row
+        if not isinstance(surface, str) or not (url is None or isinstance(url, str)):
+            errors.append(ItemError(item, "mention", "mention and entity URL must be strings", source))
+            return None
+        if cands is not None and not isinstance(cands, list):
+            errors.append(ItemError(item, "cands", f"expected a list of candidates, got {cands!r}", source))
+            return None
         titles = [title_from_url(c) if "/wiki/" in str(c) else str(c) for c in (cands or [])]
         return (
             str(sentence),
@@ -204,6 +227,10 @@ def _official_rows(
         ItemError(item, "row", "neither a passage row (4 fields) nor a candidate row (11 fields)", source)
     )
     return None
+
+
+def _caption_and_url(row: list[Any]) -> bool:
+    return isinstance(row[0], str) and (row[1] is None or isinstance(row[1], str))
 
 
 register(DatasetSpec(NAME, load, "wikidiverse", PUBLISHED_AT), aliases=["wiki-diverse"])

@@ -36,11 +36,15 @@ def caption_splits(path: Path, dataset: str, published_at: str) -> tuple[dict[st
 
 def load(root: Path) -> Dataset:
     source = root / "Wikidata-MEL.json"
-    annotations = read_json(source, NAME, PUBLISHED_AT, expect=dict)
+    repeated: list[str] = []
+    annotations = read_json(source, NAME, PUBLISHED_AT, expect=dict, duplicates=repeated)
     split_of, declared = caption_splits(root / "splits.json", NAME, PUBLISHED_AT)
     labels = read_json(root / "qid2ne.json", NAME, PUBLISHED_AT, expect=dict)
     abstracts = read_json(root / "qid2abs.json", NAME, PUBLISHED_AT, expect=dict)
-    errors: list[ItemError] = []
+    errors = [
+        ItemError(key, "id", "duplicate key in the file: the first value is kept", str(source))
+        for key in repeated
+    ]
     aliases: dict[str, set[str]] = {}
     mentions = []
     for caption_id, record in annotations.items():

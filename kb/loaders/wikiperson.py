@@ -10,12 +10,13 @@ unless an optional ``qid2ne.json`` / ``qid2abs.json`` sits in the folder.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from kb.dataset import Dataset, DatasetSpec, read_json, register
 from kb.errors import DatasetFileMissing, ItemError
-from kb.loaders.common import entities_from_maps, image_in_folder, make_mention
+from kb.loaders.common import entities_from_maps, image_in_folder, make_mention, record_id
 
 NAME = "wikiperson"
 PUBLISHED_AT = "https://github.com/ict-bigdatalab/VNEL (released_data/WIKIPerson_*.json)"
@@ -31,9 +32,10 @@ def parse_bbox(raw: Any) -> tuple[float, float, float, float] | None:
     try:
         values = json.loads(raw) if isinstance(raw, str) else raw
         x1, y1, x2, y2 = (float(v) for v in values)
-    except (ValueError, TypeError, json.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, json.JSONDecodeError):
         return None
-    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+    finite = all(math.isfinite(v) for v in (x1, y1, x2, y2))
+    return (x1, y1, x2, y2) if finite and x2 > x1 and y2 > y1 else None
 
 
 def load(root: Path) -> Dataset:
@@ -48,7 +50,13 @@ def load(root: Path) -> Dataset:
             if not isinstance(record, dict):
                 errors.append(ItemError(f"{split}#{position}", "record", "expected a JSON object", str(path)))
                 continue
-            item = f"{split}-{record.get('id', position)}"
+            own_id = record_id(record["id"]) if "id" in record else str(position)
+            if own_id is None:
+                errors.append(
+                    ItemError(f"{split}#{position}", "id", "expected a string or integer id", str(path))
+                )
+                continue
+            item = f"{split}-{own_id}"
             bbox = parse_bbox(record.get("boundingbox"))
             if bbox is None:
                 errors.append(
