@@ -86,7 +86,7 @@ def load_run(path: Path) -> Run:
     results_path = path / "results.json"
     if not results_path.is_file():
         raise FileNotFoundError(f"{path} is not an eval.run folder (no results.json)")
-    results = json.loads(results_path.read_text(encoding="utf-8"))
+    results = tables.load_results(path)
     items = path / "items.jsonl"
     records = []
     if items.is_file():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support import private_cache
 
 from eval.metrics import drift, gold_rank, metrics_from_ranks
 from eval.run import RunConfig, run, summary_line
@@ -15,11 +16,7 @@ from kb.errors import DatasetError
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private cache root for score and text-embedding caches; KB stores stay shared."""
-    from kb.cache import cache_dir
-
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "kb").symlink_to(cache_dir("kb"), target_is_directory=True)
+    root = private_cache(tmp_path / "cache", ("kb",))
     monkeypatch.setenv("MEL_CACHE_DIR", str(root))
     return root
 

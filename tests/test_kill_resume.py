@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import private_cache
 
 PROJECT = Path(__file__).resolve().parent.parent
 FAST = {"presets": {"pgd-kill": {"method": "pgd", "steps": 3, "eps": 8 / 255, "alpha": 2 / 255}}}
@@ -22,11 +23,8 @@ FAST = {"presets": {"pgd-kill": {"method": "pgd", "steps": 3, "eps": 8 / 255, "a
 
 def _env(cache: Path) -> dict[str, str]:
     """A private cache (KB stores shared, read-only use) and one thread: the machine is shared."""
-    from kb.cache import cache_dir
-
-    cache.mkdir(parents=True, exist_ok=True)
     if not (cache / "kb").exists():
-        (cache / "kb").symlink_to(cache_dir("kb"), target_is_directory=True)
+        private_cache(cache, ("kb",))
     return {
         **os.environ,
         "MEL_CACHE_DIR": str(cache),

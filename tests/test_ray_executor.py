@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from support import private_cache
 
 from attacks import generate
 from eval.run import RunConfig, main, run
@@ -95,10 +96,7 @@ def ray_cluster() -> Iterator[None]:
 @contextlib.contextmanager
 def fresh_cache(root: Path) -> Iterator[Path]:
     """Empty score and text caches (KB stores shared), so every item is really scored."""
-    from kb.cache import cache_dir
-
-    root.mkdir(parents=True)
-    (root / "kb").symlink_to(cache_dir("kb"), target_is_directory=True)
+    private_cache(root, ("kb",))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEL_CACHE_DIR", str(root))
         yield root
