@@ -98,7 +98,6 @@ class RayAttacks:
     def run(self, progress: bool) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """(preset name, manifest lines) of each batch, once, in completion order."""
         gpus = 1.0 if self.config.device.startswith("cuda") else 0.0
-        returned: set[int] = set()
         for result in ray_map(
             self.rows,
             AttackWorker,
@@ -108,9 +107,4 @@ class RayAttacks:
             gpus_per_worker=gpus,
             progress=progress,
         ):
-            if result["index"] in returned:
-                continue
-            returned.add(result["index"])
             yield self.rows[result["index"]]["preset"], result["records"]
-        if len(returned) != len(self.rows):
-            raise RuntimeError(f"Ray returned {len(returned)} of {len(self.rows)} batches; rerun to resume")

@@ -116,7 +116,6 @@ class RayScoring:
     ) -> Iterator[tuple[PreparedItem, int]]:
         """Fill ``logits`` (or ``skip``) of every (item, seed) and yield it, in completion order."""
         rows = [job_row(index, item) for index, (item, _) in enumerate(pending)]
-        returned: set[int] = set()
         for result in ray_map(
             rows,
             ScoringWorker,
@@ -125,13 +124,7 @@ class RayScoring:
             rows_per_call=self.config.batch_size,
             progress=progress,
         ):
-            index = result["index"]
-            if index in returned:  # Ray delivers a retried batch once; guard the log all the same
-                continue
-            returned.add(index)
-            item, seed = pending[index]
+            item, seed = pending[result["index"]]
             item.skip = result["skip"]
             item.logits = None if result["logits"] is None else np.asarray(result["logits"], dtype=np.float32)
             yield item, seed
-        if len(returned) != len(pending):
-            raise RuntimeError(f"Ray returned {len(returned)} of {len(pending)} items; rerun to resume")

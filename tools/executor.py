@@ -124,7 +124,9 @@ def ray_map(
 ) -> Iterator[dict[str, Any]]:
     """Stream ``worker(*constructor_args)(rows)`` back row by row as actors finish them.
 
-    ``worker`` is a ``JsonWorker`` subclass; completion order, not input order. The pool
+    ``worker`` is a ``JsonWorker`` subclass; completion order, not input order. Row ``i`` carries
+    ``"index": i`` and so does its result: each index is yielded exactly once (a retried batch
+    is not written twice), and a run that got fewer back raises rather than end short. The pool
     holds ``pool_size`` actors of one CPU each (one GPU each with ``gpus_per_worker``).
     """
     if not rows:
@@ -143,8 +145,14 @@ def ray_map(
         runtime_env={"env_vars": forwarded_env()},
         **resources,
     )
+    returned: set[int] = set()
     for row in dataset.iter_rows():
-        yield json.loads(row[PAYLOAD])
+        result = json.loads(row[PAYLOAD])
+        if result["index"] not in returned:
+            returned.add(result["index"])
+            yield result
+    if len(returned) != len(rows):
+        raise RuntimeError(f"Ray returned {len(returned)} of {len(rows)} rows; rerun to resume")
 
 
 class JsonWorker:
