@@ -34,7 +34,6 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -207,7 +206,7 @@ def fork_report(fork: forks.Fork, db: Path) -> str:
     for node, change in fork.nodes.items():
         if change["changed"]:
             lines.append(f"  ≠ {node}: {_change_line(node, change, before, after)}")
-    lines.append(f"inspect: python -m agent.trace --db {db} diff '{fork.source}' '{fork.thread}'")
+    lines.append(f"inspect: python -m agent.trace --checkpoint-db {db} diff '{fork.source}' '{fork.thread}'")
     return "\n".join(lines)
 
 
@@ -291,13 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     add_settings_arguments(parser)
     args = parser.parse_args(argv)
-    db = args.db or AgentSettings.from_env().checkpoint_db
+    db = args.checkpoint_db or AgentSettings.from_env().checkpoint_db
     config = run_config(db)
     if args.task is None and config.get("task") in ("i2t", "it2t"):
         args.task = config["task"]
     if args.scorer is None:
         args.scorer = config.get("scorer")
-    settings = replace(settings_from_args(args), checkpoint_db=db)
+    settings = settings_from_args(args).replace(checkpoint_db=db)
     try:
         store = TraceStore(db)
     except FileNotFoundError as exc:

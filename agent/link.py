@@ -1,15 +1,17 @@
 """``python -m agent.link``: link mentions with the LLM-RetLink graph, one checkpointed thread each.
 
     # one decision, ad hoc: an image, its caption, the mention and the candidate QIDs
-    python -m agent.link --image PATH --text "CAPTION" --mention "M" --candidates Q1,Q2,... [--kb demo]
+    python -m agent.link --image PATH --text "CAPTION" --mention "M" --qids Q1,Q2,... [--kb demo]
     # one decision of a dataset
     python -m agent.link --dataset NAME --id MENTION_ID
     # many: every pictured mention of a split (JSON lines, then an accuracy line on stderr)
-    python -m agent.link --dataset NAME [--split test] [--limit N]
+    python -m agent.link --dataset NAME [--split test|all|...] [--limit N]
 
-Common options: [--data-dir DIR] [--task it2t|i2t] [--scorer tagger] [--candidates-size 10]
-[--seed 0] [--run-id NAME] [--skip-judge-margin M] [--temperature T] [--db PATH]
+Common options: [--data-dir DIR] [--task it2t|i2t] [--scorer tagger] [--candidates 10|all]
+[--seed 0] [--run-id NAME] [--skip-judge-margin M] [--temperature T] [--checkpoint-db PATH]
 [--wiki offline|online] [--llm-base-url URL --llm-model NAME --llm-api-key KEY].
+The flags mean what they mean in every command (``kb.cli_args``): ``--candidates`` is λ per
+mention, ``--qids`` an explicit candidate list, ``--split`` defaults to ``test``.
 
 Each decision prints one JSON object: ``decision`` (QID), ``label``, ``ranking``,
 ``thread_id``, ``judge`` (used / skipped / fallback), ``seconds`` per node, and the gold when
@@ -27,7 +29,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,13 @@ from agent.nodes import AgentContext
 from agent.resources import Resources, resources_for
 from agent.settings import AgentSettings
 from agent.state import ImageRef, LinkState
-from kb.candidates import CandidateBuilder, CandidateSet
-from kb.dataset import Dataset, dataset_names, load_dataset
+from kb.candidates import CandidateSet
+from kb.cli_args import add_candidate_arguments, add_checkpoint_db_argument, add_dataset_arguments
+from kb.dataset import Dataset, load_dataset
 from kb.errors import DatasetError
+from kb.ranking import gold_rank_in_order
 from kb.records import NIL, Entity, Mention
+from kb.runcore.items import candidate_builder
 
 
 def initial_state(
@@ -72,7 +77,7 @@ def initial_state(
 
 
 def clean_image(mention: Mention) -> ImageRef | None:
-    if mention.image_path is None or not mention.image_path.is_file():
+    if not mention.has_image:
         return None
     return {
         "path": str(mention.image_path),
@@ -112,7 +117,7 @@ def decision_record(final: dict[str, Any], thread: str, seconds: float) -> dict[
     """The per-item line of a decision, in eval's schema plus the agent's own fields."""
     ranking = final["ranking"]
     gold = final.get("gold")
-    rank = ranking.index(gold) + 1 if gold in ranking else len(ranking) + 1
+    rank = gold_rank_in_order(ranking, gold)
     return {
         "id": final["mention_id"],
         "gold": gold,
@@ -170,14 +175,10 @@ def build_candidates(
     dataset: Dataset, mentions: Sequence[Mention], size: int | None, seed: int
 ) -> list[CandidateSet]:
     """The same candidate sets ``eval.run`` builds (same builder, same seed)."""
-    from kb.build import store_for
-
-    store = store_for(dataset, progress=False)
-    builder = CandidateBuilder(dataset.entities, store.vectors(sorted(dataset.entities)))
-    return builder.build_all(list(mentions), size, seed)
+    return candidate_builder(dataset, progress=False).build_all(list(mentions), size, seed)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.link", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -185,21 +186,30 @@ def main(argv: list[str] | None = None) -> int:
     adhoc.add_argument("--image", type=Path, default=None)
     adhoc.add_argument("--text", default=None, help="the caption")
     adhoc.add_argument("--mention", default=None)
-    adhoc.add_argument("--candidates", default=None, help="comma-separated QIDs")
     adhoc.add_argument("--kb", default="demo", help="dataset whose KB names the candidates (default demo)")
     data = parser.add_argument_group("dataset mentions")
-    data.add_argument("--dataset", default=None, help=f"one of {', '.join(dataset_names())}")
-    data.add_argument("--data-dir", default=None)
+    add_dataset_arguments(
+        data, dataset_required=False, with_images=False, limit_help="first N pictured mentions of the split"
+    )
     data.add_argument("--id", default=None, help="one mention id")
-    data.add_argument("--split", default="all")
-    data.add_argument("--limit", type=int, default=None, help="first N pictured mentions")
-    data.add_argument("--candidates-size", type=int, default=10, help="λ candidates per mention")
-    data.add_argument("--seed", type=int, default=0)
+    candidates = parser.add_argument_group(
+        "candidates (--qids for an ad hoc decision, --candidates λ otherwise)"
+    )
+    add_candidate_arguments(candidates, qids=True, seeds=False)
     parser.add_argument("--run-id", default=None, help="names the threads (default: a timestamp)")
     add_settings_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.image is None) == (args.dataset is None):
-        parser.error("give either --image/--text/--mention/--candidates or --dataset")
+        parser.error("give either --image/--text/--mention/--qids or --dataset")
+    if args.dataset is not None and args.qids is not None:
+        parser.error(
+            "--qids is the candidate list of an ad hoc --image decision; with --dataset, --candidates sets λ"
+        )
     settings = settings_from_args(args)
     run_id = args.run_id or time.strftime("link-%Y%m%d-%H%M%S")
     try:
@@ -231,7 +241,7 @@ def _from_dataset(args: argparse.Namespace) -> tuple[Dataset, list[Mention], lis
         mentions = [dataset.mention(args.id)]
     else:
         mentions = [m for m in dataset.split(args.split) if m.image_path is not None][: args.limit]
-    return dataset, mentions, build_candidates(dataset, mentions, args.candidates_size, args.seed)
+    return dataset, mentions, build_candidates(dataset, mentions, args.candidates, args.seed)
 
 
 def _adhoc(
@@ -240,13 +250,13 @@ def _adhoc(
     """A one-mention dataset from the command line; candidate labels from the KB or Wikidata."""
     import hashlib
 
-    if not (args.text and args.mention and args.candidates):
-        raise ValueError("--image needs --text, --mention and --candidates Q1,Q2,...")
+    if not (args.text and args.mention and args.qids):
+        raise ValueError("--image needs --text, --mention and --qids Q1,Q2,...")
     if not args.image.is_file():
         raise ValueError(f"--image {args.image}: no such file")
-    qids = [q.strip() for q in args.candidates.split(",") if q.strip()]
+    qids = list(args.qids)
     if len(qids) < 2:
-        raise ValueError("--candidates needs at least two QIDs")
+        raise ValueError("--qids needs at least two QIDs")
     kb = load_dataset(args.kb)
     entities = {q: kb.entities[q] for q in qids if q in kb.entities}
     unknown = [q for q in qids if q not in entities]
@@ -296,9 +306,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", default=None)
     parser.add_argument("--skip-judge-margin", type=float, default=None)
     parser.add_argument("--temperature", type=float, default=None, help="judge temperature (paper: 0.75)")
-    parser.add_argument(
-        "--db", "--checkpoint-db", dest="db", type=Path, default=None, help="SQLite checkpoint file"
-    )
+    add_checkpoint_db_argument(parser)
     parser.add_argument("--wiki", choices=("offline", "online"), default=None)
     parser.add_argument("--llm-base-url", default=None)
     parser.add_argument("--llm-model", default=None)
@@ -320,11 +328,11 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     }
     if args.temperature is not None:
         overrides["temperature"] = args.temperature
-    settings = replace(settings, llm=replace(llm, **overrides))
+    settings = settings.replace(llm=llm.replace(**overrides))
     if args.wiki:
-        settings = replace(settings, wiki=replace(settings.wiki, mode=args.wiki))
-    if args.db:
-        settings = replace(settings, checkpoint_db=args.db)
+        settings = settings.replace(wiki=settings.wiki.replace(mode=args.wiki))
+    if args.checkpoint_db:
+        settings = settings.replace(checkpoint_db=args.checkpoint_db)
     return settings
 
 

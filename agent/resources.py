@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from agent.candidate_store import CandidateStore
 from agent.settings import AgentSettings
 from agent.state import ImageRef
-from kb.images import load_rgb, to_tensor
+from kb.images import load_pixels as read_pixels
 from kb.records import Entity
 
 
@@ -72,11 +71,9 @@ class Resources:
 
     @cached_property
     def offline_wiki(self) -> Any:
-        from dataclasses import replace
-
         from tools.wiki import make_wiki_client
 
-        return make_wiki_client(replace(self.settings.wiki, mode="offline"), replica=self.replica)
+        return make_wiki_client(self.settings.wiki.replace(mode="offline"), replica=self.replica)
 
     @cached_property
     def store(self) -> CandidateStore:
@@ -86,16 +83,10 @@ class Resources:
 
 
 def load_pixels(image: ImageRef) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]: an exact ``.pt`` tensor as stored, or a picture file read
-    through the project's one image reader (cropped to the mention's box when it has one)."""
-    path = Path(image["path"])
-    if path.suffix == ".pt":
-        pixels = torch.load(path, map_location="cpu", weights_only=True).float()
-        if pixels.dim() != 3 or pixels.shape[0] != 3:
-            raise ValueError(f"{path}: expected a (3, H, W) image tensor, got shape {tuple(pixels.shape)}")
-        return pixels.clamp(0, 1)
+    """(3, H, W) float in [0, 1] of a thread's image reference, through ``kb.images.load_pixels``
+    (a ``.pt`` is an exact adversarial tensor, a picture file is cropped to the mention's box)."""
     bbox = tuple(image["bbox"]) if image.get("bbox") else None
-    return to_tensor(load_rgb(path, bbox))
+    return read_pixels(image["path"], bbox)
 
 
 _SHARED: dict[tuple[int, str], Resources] = {}

@@ -1,26 +1,28 @@
 """One typed settings object for the agent: defaults < environment (``MEL_*``) < arguments.
 
-The graph reads it from LangGraph's ``RunnableConfig`` (``configurable["settings"]``), so a
-thread replayed later runs with the settings it was started with unless told otherwise.
+Built on the project's one settings layer (``tools.llm.base.MelSettings``, pydantic-settings;
+the README's Settings table lists every variable). The graph gets it through ``Resources``
+(the run context), so every node of a run sees the same settings.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from kb.cache import cache_dir
 from tools.llm import LLMSettings
+from tools.llm.base import MelSettings, env
 from tools.wiki import WikiSettings
 
 JUDGE_TEMPERATURE_SEED = 0.75
 """The temperature of paper 000's MLLMs ("Implementation Details"); evaluation defaults to 0."""
 
 
-@dataclass(frozen=True)
-class AgentSettings:
+class AgentSettings(MelSettings):
     """What the agent uses and how it routes.
 
     ``skip_judge_margin``: when set, the judge is skipped if the pre-ranker's top-1 softmax
@@ -28,54 +30,55 @@ class AgentSettings:
     so every decision is the LLM's). ``judge_top_k``: how many pre-ranked candidates the judge
     sees, each description cut to ``judge_description_words`` words (the prompt is what the
     embedded judge spends its time reading; paper 000 gives no length). ``task``: ``i2t`` (image only) or ``it2t`` (image + caption), paper 000's two tasks.
+    Read from ``MEL_AGENT_SCORER``, ``MEL_AGENT_TASK``, ``MEL_AGENT_SKIP_JUDGE_MARGIN`` and
+    ``MEL_AGENT_DB`` (the checkpoint file); ``llm``, ``vlm`` and ``wiki`` from their own variables.
     """
 
+    model_config = SettingsConfigDict(env_prefix="MEL_AGENT_")
+
     scorer: str = "tagger"
-    task: str = "it2t"
-    judge_top_k: int = 5
-    judge_description_words: int = 12
+    task: Literal["i2t", "it2t"] = "it2t"
+    judge_top_k: int = Field(default=5, ge=1, json_schema_extra=env(None))
+    judge_description_words: int = Field(default=12, json_schema_extra=env(None))
     skip_judge_margin: float | None = None
-    descriptors: int = 5
-    ocr: bool = True
-    evidence_chars: int = 600
-    llm: LLMSettings = field(default_factory=LLMSettings)
-    vlm: LLMSettings | None = None
-    wiki: WikiSettings = field(default_factory=WikiSettings)
-    checkpoint_db: Path = field(default_factory=lambda: cache_dir("agent") / "checkpoints.sqlite")
+    descriptors: int = Field(default=5, json_schema_extra=env(None))
+    ocr: bool = Field(default=True, json_schema_extra=env(None))
+    evidence_chars: int = Field(default=600, json_schema_extra=env(None))
+    llm: LLMSettings = Field(default_factory=LLMSettings, json_schema_extra=env(None))
+    vlm: LLMSettings | None = Field(default=None, json_schema_extra=env(None))
+    wiki: WikiSettings = Field(default_factory=WikiSettings, json_schema_extra=env(None))
+    checkpoint_db: Path = Field(
+        default_factory=lambda: cache_dir("agent") / "checkpoints.sqlite",
+        json_schema_extra=env("MEL_AGENT_DB"),
+    )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AgentSettings:
-        """Defaults, then ``MEL_AGENT_*``/``MEL_LLM_*``/``MEL_VLM_*``/``MEL_WIKI_*``, then ``overrides``."""
-        env: dict[str, Any] = {}
-        if value := os.environ.get("MEL_AGENT_SCORER"):
-            env["scorer"] = value
-        if value := os.environ.get("MEL_AGENT_TASK"):
-            env["task"] = value
-        if value := os.environ.get("MEL_AGENT_SKIP_JUDGE_MARGIN"):
-            env["skip_judge_margin"] = float(value)
-        if value := os.environ.get("MEL_AGENT_DB"):
-            env["checkpoint_db"] = Path(value)
-        vlm = LLMSettings.from_env(prefix="MEL_VLM")
-        settings = cls(
-            llm=LLMSettings.from_env(),
-            vlm=vlm if vlm.base_url else None,
-            wiki=WikiSettings.from_env(),
-            **env,
-        )
-        return replace(settings, **overrides)
+        """Defaults, then ``MEL_AGENT_*``/``MEL_LLM_*``/``MEL_VLM_*``/``MEL_WIKI_*``, then ``overrides``
+        (applied as given: ``skip_judge_margin=None`` or ``vlm=None`` turn those off)."""
+        nested: dict[str, Any] = {}
+        if "llm" not in overrides:
+            nested["llm"] = LLMSettings.from_env()
+        if "vlm" not in overrides:
+            vlm = LLMSettings.from_env(prefix="MEL_VLM")
+            nested["vlm"] = vlm if vlm.base_url else None
+        if "wiki" not in overrides:
+            nested["wiki"] = WikiSettings.from_env()
+        return cls._from_environment({**nested, **overrides})
 
-    def __post_init__(self) -> None:
-        if self.task not in ("i2t", "it2t"):
-            raise ValueError(f"agent task must be i2t or it2t (the paper's image tasks), got {self.task!r}")
-        if self.judge_top_k < 1:
-            raise ValueError(f"judge_top_k must be at least 1, got {self.judge_top_k}")
+    def identity(self) -> dict[str, Any]:
+        """What of these settings changes a decision, for a run's ``config.json`` to pin: the
+        routing and describer fields, the LLM's and VLM's ``identity()`` and the wiki's; not
+        timeouts, retries, API keys or where files are kept."""
+        record = self.model_dump(exclude={"llm", "vlm", "wiki", "checkpoint_db"})
+        record["llm"] = self.llm.identity()
+        record["vlm"] = self.vlm.identity() if self.vlm else None
+        record["wiki"] = self.wiki.identity()
+        return record
 
     def to_json(self) -> dict[str, Any]:
         """What a trace records of the settings (no API keys)."""
-        record = asdict(self)
-        for key in ("llm", "vlm"):
-            if record.get(key):
-                record[key]["api_key"] = "***" if record[key].get("api_key") else None
-        record["wiki"]["cache_dir"] = str(record["wiki"].get("cache_dir"))
-        record["checkpoint_db"] = str(self.checkpoint_db)
+        record = super().to_json()
+        record["llm"] = self.llm.to_json()
+        record["vlm"] = self.vlm.to_json() if self.vlm else None
         return record

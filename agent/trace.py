@@ -5,7 +5,8 @@
     python -m agent.trace diff THREAD_A THREAD_B [--json]
     python -m agent.trace export THREAD --format json|html [--out FILE]
 
-``--db`` picks the checkpoint file (default: the agent's, ``$MEL_AGENT_DB`` or the cache).
+``--checkpoint-db PATH`` picks the checkpoint file (default: the agent's, ``$MEL_AGENT_DB`` or
+the cache); it goes before or after the subcommand.
 A thread id is ``<run>|<mention id>|<condition>``; quote it in a shell. ``--flipped`` keeps
 attacked decisions whose answer differs from the same run's clean decision of that mention.
 """
@@ -22,6 +23,7 @@ from typing import Any
 from agent.settings import AgentSettings
 from agent.state import NODES
 from agent.traces import Thread, TraceStore, compare, first_divergence, node_outputs
+from kb.cli_args import add_checkpoint_db_argument
 
 
 def _clean_twin(store: TraceStore, thread: Thread) -> Thread | None:
@@ -170,32 +172,47 @@ def export_html(thread: Thread) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _global_options(*, subcommand: bool) -> argparse.ArgumentParser:
+    """The options every subcommand shares, accepted before or after the subcommand.
+
+    The main parser and each subparser get a copy; the subparsers' default is SUPPRESS so a
+    value given before the subcommand is not overwritten by the subparser's default."""
+    parent = argparse.ArgumentParser(add_help=False)
+    add_checkpoint_db_argument(parent, default=argparse.SUPPRESS if subcommand else None)
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.trace",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_options(subcommand=False)],
     )
-    parser.add_argument("--db", type=Path, default=None, help="checkpoint SQLite file")
+    shared = [_global_options(subcommand=True)]
     sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list")
+    listing = sub.add_parser("list", parents=shared, help="threads: decision, gold, seconds")
     listing.add_argument("--run", default=None)
     listing.add_argument("--wrong", action="store_true")
     listing.add_argument("--flipped", action="store_true")
     listing.add_argument("--json", action="store_true")
-    show = sub.add_parser("show")
+    show = sub.add_parser("show", parents=shared, help="one decision node by node")
     show.add_argument("thread")
-    diff = sub.add_parser("diff")
+    diff = sub.add_parser("diff", parents=shared, help="the first node where two decisions diverged")
     diff.add_argument("thread_a")
     diff.add_argument("thread_b")
     diff.add_argument("--json", action="store_true")
-    export = sub.add_parser("export")
+    export = sub.add_parser("export", parents=shared, help="one decision as JSON or a self-contained page")
     export.add_argument("thread")
     export.add_argument("--format", choices=("json", "html"), default="json")
     export.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        store = TraceStore(args.db or AgentSettings.from_env().checkpoint_db)
+        store = TraceStore(args.checkpoint_db or AgentSettings.from_env().checkpoint_db)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.graph import compile_graph, open_checkpointer, split_thread_id
 from agent.state import NODES
+from kb.ranking import gold_rank_in_order
 
 NODE_KEYS: dict[str, tuple[str, ...]] = {
     "describe": ("descriptors",),
@@ -118,7 +119,8 @@ def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
 
 
 def _gold_rank(order: Sequence[str], gold: str | None) -> int | None:
-    return order.index(gold) + 1 if gold in order else None
+    """The gold's pre-ranker rank, or None when it was not a candidate (nothing to compare)."""
+    return gold_rank_in_order(order, gold) if gold in order else None
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """``python -m attacks.bench``: images/s of the batched attack path vs a per-image torchattacks loop.
 
-    python -m attacks.bench [--dataset demo] [--split all] [--limit N] [--scorer tagger]
-        [--attack all] [--steps N] [--batch-size 8] [--threads 0]
+    python -m attacks.bench [--dataset demo] [--split test] [--limit N] [--candidates 10|all]
+        [--scorer tagger] [--attack all] [--presets-file FILE] [--steps N] [--batch-size 8]
+        [--threads 0] [--seed 0]
 
 Both paths run in the same process on the same decoded images, candidate texts and labels:
 
@@ -30,6 +31,7 @@ from attacks.engine import attack_batch, build_attack
 from attacks.generate import GenerateConfig, ImageCache, attackable, batches_by_size, prepare_items
 from attacks.presets import resolve
 from attacks.target import CandidateTarget
+from kb.cli_args import add_candidate_arguments, add_dataset_arguments, add_presets_file_argument
 from kb.dataset import load_dataset
 from kb.errors import ImageError
 
@@ -40,24 +42,33 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", default="demo")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--split", default="all")
-    parser.add_argument("--limit", type=int, default=None)
+    add_dataset_arguments(
+        parser, dataset_default="demo", with_images=False, limit_help="first N mentions that have an image"
+    )
+    add_candidate_arguments(parser, seeds=False)
     parser.add_argument("--scorer", default="tagger")
-    parser.add_argument("--attack", default="all")
+    parser.add_argument("--attack", default="all", help="pgd-n, ..., cw-s, a comma list, or all")
+    add_presets_file_argument(parser)
     parser.add_argument(
         "--steps", type=int, default=None, help="steps for every preset, both paths (default: Table 1's)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from tools.scorers import load_scorer
 
-    config = GenerateConfig(dataset=args.dataset, scorer=args.scorer, split=args.split, limit=args.limit)
+    config = GenerateConfig(
+        dataset=args.dataset,
+        scorer=args.scorer,
+        split=args.split,
+        limit=args.limit,
+        candidates=args.candidates,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        preset_file=args.presets_file,
+    )
     dataset = load_dataset(args.dataset, args.data_dir)
     mentions, _ = attackable(dataset, args.split, args.limit)
     cache = ImageCache()
@@ -81,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows = []
-    for preset in resolve(args.attack):
+    for preset in resolve(args.attack, args.presets_file):
         if args.steps:
             preset = preset.with_steps(args.steps)
         started = time.perf_counter()

@@ -1,8 +1,8 @@
 """``python -m attacks.generate``: white-box adversarial images of a dataset's mention images.
 
     python -m attacks.generate --dataset NAME [--data-dir DIR] --scorer NAME --attack PRESET|all
-        [--task i2t|it2t] [--split all] [--limit N] [--candidates 10] [--device cpu|cuda]
-        [--batch-size B] [--max-batch-pixels P] [--seed S] [--threads T] [--config presets.toml]
+        [--task i2t|it2t] [--split test|all|NAME] [--limit N] [--candidates 10|all] [--device cpu|cuda]
+        [--batch-size B] [--max-batch-pixels P] [--seed S] [--threads T] [--presets-file presets.toml]
         [--out DIR]
 
 For every mention whose image is on disk (``--limit``: the first N of those), candidates are
@@ -48,16 +48,26 @@ from tqdm import tqdm
 
 from attacks.checks import batch_checks, failed, perturbation_norms, success_summary
 from attacks.engine import attack_batch
-from attacks.output import claim_folder, file_stem, write_png, write_tensor
+from attacks.output import claim_attack_folder, file_stem, write_png, write_tensor
 from attacks.presets import Preset, resolve
 from attacks.sharded import RayAttacks
-from eval.run import ItemLog, RunConfig, _write_json, candidate_builder, prepare
 from kb.candidates import CandidateSet
-from kb.dataset import Dataset, dataset_names, load_dataset
+from kb.cli_args import (
+    add_candidate_arguments,
+    add_dataset_arguments,
+    add_presets_file_argument,
+    add_quiet_argument,
+)
+from kb.dataset import Dataset, load_dataset
 from kb.errors import DatasetError, ImageError
 from kb.images import load_rgb, to_tensor
 from kb.records import Mention
+from kb.runcore.files import write_json
+from kb.runcore.item_log import ItemLog
+from kb.runcore.items import IMAGE_TASKS, candidate_builder, prepare
+from kb.runcore.selection import DEFAULT_SPLIT, select_mentions
 from tools.executor import ExecutorConfig, add_executor_arguments, executor_from_args
+from tools.scorers.base import template_for
 
 # B * H * W per attacked batch. APGD-S on 8 WikiMEL 8-megapixel images (64 M pixels) peaked at
 # about 20 GB (~300 bytes a pixel with the autograd graph of the resize); 16 M keeps a batch
@@ -71,7 +81,7 @@ class GenerateConfig:
     scorer: str = "tagger"
     attack: str = "all"
     task: str = "i2t"
-    split: str = "all"
+    split: str = DEFAULT_SPLIT
     limit: int | None = None
     candidates: int | None = 10
     device: str = "cpu"
@@ -96,27 +106,19 @@ class AttackItem:
 
 def attackable(dataset: Dataset, split: str, limit: int | None) -> tuple[list[Mention], int]:
     """Mentions of ``split`` whose image file exists (first ``limit``), and how many had none."""
-    mentions = dataset.split(split)
-    with_image = [m for m in mentions if m.image_path is not None and m.image_path.is_file()]
-    return (with_image[:limit] if limit else with_image), len(mentions) - len(with_image)
+    pictured = select_mentions(dataset, split, pictured_only=True)
+    return (pictured[:limit] if limit else pictured), len(dataset.split(split)) - len(pictured)
 
 
 def prepare_items(dataset: Dataset, mentions: list[Mention], config: GenerateConfig) -> list[AttackItem]:
     """Candidate sets and texts exactly as ``eval.run`` builds them for the same seed and task."""
     builder = candidate_builder(dataset)
     sets = builder.build_all(mentions, config.candidates, config.seed)
-    run_config = RunConfig(
-        dataset=config.dataset,
-        split=config.split,
-        task=config.task,
-        scorer=config.scorer,
-        candidates=config.candidates,
-        seeds=(config.seed,),
-    )
+    template = template_for(config.scorer)
     digests: dict[Path, str] = {}
     items = []
     for mention, candidates in zip(mentions, sets, strict=True):
-        prepared = prepare(mention, candidates, dataset, run_config, digests)
+        prepared = prepare(mention, candidates, dataset, config.task, template, digests)
         item = AttackItem(mention, candidates, prepared.candidate_texts, prepared.context, prepared.skip)
         if item.error is None and candidates.gold_index is None:
             item.error = "no_gold_in_candidates"
@@ -213,7 +215,7 @@ def run(
     folders = {}
     for preset in presets:  # refuse a mismatching folder before any work
         folder = out / preset.folder / dataset.name
-        claim_folder(folder, folder_identity(preset, config, dataset.name))
+        claim_attack_folder(folder, folder_identity(preset, config, dataset.name))
         folders[preset.name] = folder
     items = prepare_items(dataset, mentions, config)
     images = ImageCache()
@@ -270,7 +272,7 @@ def run(
                 **success_summary(records),
                 "images_per_second": images_per_second(records),
             }
-            _write_json(folder / "summary.json", summary)
+            write_json(folder / "summary.json", summary)
             summaries[preset.name] = summary
     finally:
         bar.close()
@@ -392,17 +394,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(dataset_names())}")
-    parser.add_argument("--data-dir", default=None)
+    add_dataset_arguments(
+        parser, with_images=False, limit_help="first N mentions of the split that have an image"
+    )
     parser.add_argument("--scorer", default="tagger")
     parser.add_argument(
         "--attack", default="all", help="pgd-n, pgd-s, apgd-n, apgd-s, cw-n, cw-s, a comma list, all"
     )
-    parser.add_argument("--config", default=None, help="JSON/TOML file of custom presets")
-    parser.add_argument("--task", choices=("i2t", "it2t"), default="i2t")
-    parser.add_argument("--split", default="all")
-    parser.add_argument("--limit", type=int, default=None, help="first N mentions that have an image")
-    parser.add_argument("--candidates", default="10", help="λ per mention (as eval.run): 10, 100 or all")
+    add_presets_file_argument(parser)
+    parser.add_argument("--task", choices=IMAGE_TASKS, default="i2t")
+    add_candidate_arguments(parser, seeds=False)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -411,10 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_BATCH_PIXELS,
         help="memory cap: at most this many pixels (B*H*W) in one attacked batch",
     )
-    parser.add_argument("--seed", type=int, default=0, help="candidate sampling and random starts")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
     parser.add_argument("--out", type=Path, default=Path("ADV-MEL"))
-    parser.add_argument("--quiet", action="store_true")
+    add_quiet_argument(parser)
     add_executor_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -426,13 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         task=args.task,
         split=args.split,
         limit=args.limit,
-        candidates=None if args.candidates.lower() in ("all", "full") else int(args.candidates),
+        candidates=args.candidates,
         device=args.device,
         batch_size=args.batch_size,
         max_batch_pixels=args.max_batch_pixels,
         seed=args.seed,
         data_dir=args.data_dir,
-        preset_file=args.config,
+        preset_file=args.presets_file,
     )
     started = time.perf_counter()
     try:

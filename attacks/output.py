@@ -7,12 +7,11 @@ Layout (mirrors the public MEL-Robustness release ``ADV-MEL/{PGD,APGD,CW}-{norma
     <out>/<PRESET folder>/<dataset>/<id>.png         lossless 8-bit RGB, round(x * 255)
     <out>/<PRESET folder>/<dataset>/<id>.pt          the exact float (3, H, W) adversarial
 
-The manifest reuses ``eval.run.ItemLog`` (a line cut by a kill is dropped and redone).
+The manifest is a ``kb.runcore.item_log.ItemLog`` (a line cut by a kill is dropped and redone).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -22,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kb.errors import DatasetError
+from kb.runcore.files import claim_folder
+
+IDENTITY_FILE = "attack.json"
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -48,20 +49,6 @@ def file_stem(item_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", item_id) or "_"
 
 
-def claim_folder(folder: Path, identity: dict[str, Any]) -> None:
+def claim_attack_folder(folder: Path, identity: dict[str, Any]) -> None:
     """Create ``folder`` with ``attack.json``, or refuse when it holds another attack/scorer."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "attack.json"
-    wanted = json.loads(json.dumps(identity))
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != wanted:
-            differ = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
-            raise DatasetError(
-                f"{folder} holds adversarial images of another attack configuration "
-                f"(differs in {', '.join(differ)}; see {path}); choose another --out"
-            )
-        return
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
+    claim_folder(folder, identity, IDENTITY_FILE, holds="adversarial images of another attack configuration")

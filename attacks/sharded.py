@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.sharded import candidates_from_row, candidates_row, mention_from_row, mention_row
+from kb.runcore.items import candidates_from_row, candidates_row, mention_from_row, mention_row
 from tools.executor import ExecutorConfig, JsonWorker, ray_map
 
 if TYPE_CHECKING:

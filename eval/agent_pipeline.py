@@ -12,7 +12,7 @@ the pre-ranker run skips it, so both pipelines score the same items.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,13 @@ from agent.traces import TraceStore, first_divergence
 from kb.dataset import Dataset
 from kb.errors import ImageError
 from kb.images import load_rgb
+from kb.runcore.item_log import CLEAN
+from kb.runcore.items import PreparedItem
 
 if TYPE_CHECKING:
-    from eval.run import PreparedItem, RunConfig
+    from eval.config import RunConfig
+    from eval.evaluator import Evaluator
+    from eval.results import RunResults
 
 CHECKPOINTS = "checkpoints.sqlite"
 FALLBACK_KINDS = {
@@ -41,8 +45,27 @@ FALLBACK_KINDS = {
 """The node a fallback note starts with -> the kind ``results.json`` counts it under."""
 
 
+def agent_settings(config: RunConfig, out: Path | None = None) -> AgentSettings:
+    """The agent's settings for a run: the environment's, with the run's task and scorer."""
+    overrides: dict[str, Any] = {"task": config.task, "scorer": config.scorer}
+    if out is not None:
+        overrides["checkpoint_db"] = out / CHECKPOINTS
+    return AgentSettings.from_env(**overrides)
+
+
+def agent_identity(config: RunConfig) -> dict[str, Any]:
+    """What of the agent a run's ``config.json`` pins: everything that changes a decision.
+
+    The LLM and VLM (endpoint, model, decoding), the judge's routing and the describer's
+    settings; not timeouts, retries, API keys or where files are kept.
+    """
+    return agent_settings(config).identity()
+
+
 class AgentPipeline:
     """Links prepared items with the agent; loads its models on the first decision."""
+
+    load_seconds = 0.0  # the pre-ranker is loaded inside the agent's resources, timed per node
 
     def __init__(self, config: RunConfig, dataset: Dataset, out: Path) -> None:
         if config.task not in ("i2t", "it2t"):
@@ -50,9 +73,7 @@ class AgentPipeline:
         self.config = config
         self.dataset = dataset
         self.run_name = out.name
-        self.settings = AgentSettings.from_env(
-            task=config.task, scorer=config.scorer, checkpoint_db=out / CHECKPOINTS
-        )
+        self.settings = agent_settings(config, out)
         self._linker: Linker | None = None
 
     @property
@@ -101,9 +122,40 @@ class AgentPipeline:
         record.pop("candidates", None)
         return {**base, **record, "gold": mention.gold}
 
+    def process(self, items: list[PreparedItem], seed: int, condition: str) -> Iterator[dict[str, Any]]:
+        for item in items:
+            yield self.link(item, seed, condition)
+
+    def finish(self, condition: str) -> Iterator[dict[str, Any]]:
+        """Every decision is written as it is made: nothing is kept back."""
+        return iter(())
+
     def close(self) -> None:
         if self._linker is not None:
             self._linker.close()
+
+
+def add_agent_fields(results: RunResults, evaluator: Evaluator) -> None:
+    """Per-node seconds and fallback counts of every condition and, per attack, where flipped
+    decisions diverged."""
+    seeds = evaluator.config.seeds
+    clean = {r["id"]: r for r in evaluator.records(CLEAN, seeds[0])}
+    results.node_seconds = node_timings(r for r in clean.values() if not r["error"])
+    results.fallbacks = fallback_counts(r for s in seeds for r in evaluator.records(CLEAN, s))
+    attacks = results.attacks or {}
+    for preset, block in attacks.items():
+        block.fallbacks = fallback_counts(r for s in seeds for r in evaluator.records(preset, s))
+    checkpoint_db = evaluator.pipeline.settings.checkpoint_db
+    if not attacks or not checkpoint_db.is_file():
+        return  # no attack, or no decision was ever made (every item skipped)
+    traces = TraceStore(checkpoint_db)
+    try:
+        for preset, block in attacks.items():
+            attacked = {r["id"]: r for r in evaluator.records(preset, seeds[0])}
+            block.node_seconds = node_timings(r for r in attacked.values() if not r["error"])
+            block.divergence = divergence_shares(traces, clean, attacked)
+    finally:
+        traces.close()
 
 
 def node_timings(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:

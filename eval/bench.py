@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from kb.cache import cache_dir
+from kb.cli_args import add_candidate_arguments, add_dataset_arguments
 from kb.dataset import load_dataset
 
 TARGET_SECONDS = 300.0
@@ -52,7 +53,7 @@ def timed_run(arguments: list[str], env: dict[str, str], out: Path) -> tuple[flo
 def prerank(args: argparse.Namespace) -> None:
     dataset = load_dataset("wikimel", args.data_dir)
     mentions = dataset.split("test")[: args.limit] if args.limit else dataset.split("test")
-    pictured = sum(1 for m in mentions if m.image_path is not None and m.image_path.is_file())
+    pictured = sum(1 for m in mentions if m.has_image)
     print(
         f"WikiMEL test: {len(mentions)} mentions ({pictured} with an image on disk -> it2t, rest t2t), λ=10"
     )
@@ -149,10 +150,8 @@ def agent(args: argparse.Namespace) -> None:
     from tools import registry
 
     dataset = load_dataset(args.dataset, args.data_dir)
-    mentions = [m for m in dataset.mentions if m.image_path is not None and m.image_path.is_file()][
-        : args.limit
-    ]
-    sets = build_candidates(dataset, mentions, args.candidates, seed=0)
+    mentions = [m for m in dataset.split(args.split) if m.has_image][: args.limit]
+    sets = build_candidates(dataset, mentions, args.candidates, seed=args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         settings = AgentSettings.from_env(task=args.task, checkpoint_db=Path(scratch) / "bench.sqlite")
         resources = Resources(settings, dataset.entities)
@@ -165,7 +164,8 @@ def agent(args: argparse.Namespace) -> None:
         load = time.perf_counter() - started
         linker = Linker(resources, settings.checkpoint_db)
         print(
-            f"{dataset.name}: {len(mentions)} pictured mentions, λ={args.candidates}, task {args.task}, "
+            f"{dataset.name}/{args.split}: {len(mentions)} pictured mentions, "
+            f"λ={'all' if args.candidates is None else args.candidates}, task {args.task}, "
             f"judge {resources.llm.name}; models loaded in {load:.1f} s"
         )
         print(f"{'pass':<5} {'p50 s':>7} {'p95 s':>7} {'mean s':>7}  per-node p50 s")
@@ -202,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--limit", type=int, default=None, help="first N test mentions (default: all)")
     pre.add_argument("--mcr-checkpoint", default="checkpoints/mcr-wikimel.pt")
     ag = sub.add_parser("agent", help="LLM-RetLink seconds per mention (p50/p95), cold and warm store")
-    ag.add_argument("--dataset", default="demo")
-    ag.add_argument("--data-dir", default=None)
-    ag.add_argument("--limit", type=int, default=8, help="first N pictured mentions")
-    ag.add_argument("--candidates", type=int, default=10)
+    add_dataset_arguments(
+        ag, dataset_default="demo", with_images=False, limit_default=8, limit_help="first N pictured mentions"
+    )
+    add_candidate_arguments(ag, seeds=False)
     ag.add_argument("--task", choices=("i2t", "it2t"), default="it2t")
     scale = sub.add_parser("ray", help="mentions/s of the local executor vs Ray actors, and the ratio")
     scale.add_argument("--data-dir", default=None)

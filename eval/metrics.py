@@ -1,9 +1,7 @@
 """Ranking metrics of the seed papers (Top-k accuracy, MRR, mean rank) and attack drift.
 
-Ranks are 1-based positions of the gold among the candidates sorted by score, ties broken
-pessimistically (a gold tied with a wrong candidate is ranked below it), so a scorer that
-outputs constant logits scores chance, not perfection. Items whose gold is not among the
-candidates (NIL, or a dataset list without it) count as wrong at every k, with rank n+1.
+Ranks come from ``kb.ranking`` (1-based, ties pessimistic, n + 1 for a gold outside the
+candidates, which counts as wrong at every k).
 """
 
 from __future__ import annotations
@@ -14,20 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kb.ranking import gold_rank, ranking
+
+__all__ = ["KS", "Metrics", "drift", "gold_rank", "mean_std", "metrics_from_ranks", "ranking"]
+
 KS = (1, 5, 10)
-
-
-def gold_rank(scores: Sequence[float], gold_index: int | None) -> int:
-    """1-based pessimistic rank of the gold; ``len(scores) + 1`` when there is no gold."""
-    if gold_index is None:
-        return len(scores) + 1
-    values = np.asarray(scores, dtype=np.float64)
-    return int((values >= values[gold_index]).sum())
-
-
-def ranking(scores: Sequence[float]) -> list[int]:
-    """Candidate indices best first (stable: equal scores keep candidate order)."""
-    return [int(i) for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")]
 
 
 @dataclass(frozen=True)

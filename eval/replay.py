@@ -1,10 +1,10 @@
 """Replay stored adversarial images through ``eval.run`` and measure how far they move it.
 
     python -m eval.run --dataset NAME --task i2t|it2t ... --attack PRESET|LIST|all
-        [--adv-dir ADV-MEL] [--adv-format png|pt] [--attack-config FILE]
+        [--adv-dir ADV-MEL] [--adv-format png|pt] [--presets-file FILE]
 
 Each preset (``attacks.presets.resolve``: Table 1 names, a comma list, ``all``, or names from
-``--attack-config``) is one more *condition* of the run: the same mentions, the same candidate
+``--presets-file``) is one more *condition* of the run: the same mentions, the same candidate
 sets (same builder, same seeds) and the same scorer as the clean condition, with each mention's
 image replaced by ``<adv-dir>/<preset folder>/<dataset>/<stem>.<png|pt>`` (``attacks.output``
 layout, ``stem = attacks.output.file_stem(mention id)``).
@@ -50,17 +50,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from attacks.output import file_stem
+from attacks.output import IDENTITY_FILE, file_stem
 from attacks.presets import Preset, resolve
-from eval.score_cache import file_digest
-from kb.errors import ImageError
-from kb.images import load_rgb, to_tensor
+from eval.results import percent as pct
+from kb.runcore.files import jsonable, read_jsonl
+from kb.runcore.items import PreparedItem, file_digest
 
 if TYPE_CHECKING:
     from attacks.generate import GenerateConfig
-    from eval.run import Evaluator, PreparedItem, RunConfig
+    from eval.config import RunConfig
+    from eval.evaluator import Evaluator
     from kb.records import Mention
 
 ADV_FORMATS = ("png", "pt")
@@ -70,25 +69,7 @@ def presets_for(config: RunConfig) -> list[Preset]:
     """The run's presets; a bad name or format fails here, before any scoring."""
     if config.adv_format not in ADV_FORMATS:
         raise ValueError(f"--adv-format must be one of {', '.join(ADV_FORMATS)}, got {config.adv_format!r}")
-    return resolve(config.attack or "", config.attack_config)
-
-
-def read_adversarial(path: Path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1] from a stored PNG or ``.pt``; ``ImageError`` when unusable."""
-    if path.suffix != ".pt":
-        return to_tensor(load_rgb(path))
-    if not path.is_file():
-        raise ImageError(path, "missing", "no such file")
-    try:
-        image = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - zip/pickle errors vary; recorded per item
-        raise ImageError(path, "corrupt", f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
-        raise ImageError(path, "not_an_image", "expected a (3, H, W) tensor")
-    image = image.float()
-    if not bool(torch.isfinite(image).all()) or float(image.min()) < 0 or float(image.max()) > 1:
-        raise ImageError(path, "corrupt", "pixels not finite or outside [0, 1]")
-    return image
+    return resolve(config.attack or "", config.presets_file)
 
 
 @dataclass
@@ -109,24 +90,14 @@ class AdversarialSet:
         return self.adv_dir / self.preset.folder / self.dataset
 
     def load(self) -> None:
-        identity = self.folder / "attack.json"
+        identity = self.folder / IDENTITY_FILE
         self.made_by = json.loads(identity.read_text(encoding="utf-8")) if identity.is_file() else None
-        self.manifest = {}
-        path = self.folder / "manifest.jsonl"
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill (the generator redoes it)
-                self.manifest[record["id"]] = record
+        # a line cut by a kill ends the reading: the generator redoes it
+        self.manifest = {record["id"]: record for record in read_jsonl(self.folder / "manifest.jsonl")}
 
     def lacks(self, mentions: list[Mention]) -> bool:
         """True when some pictured mention has no line in the manifest."""
-        return any(
-            m.image_path is not None and m.image_path.is_file() and m.id not in self.manifest
-            for m in mentions
-        )
+        return any(m.has_image and m.id not in self.manifest for m in mentions)
 
     def is_own(self, wanted: GenerateConfig) -> bool:
         """True when this run may add images: the folder is new, or was made exactly as the run wants."""
@@ -134,7 +105,7 @@ class AdversarialSet:
 
         if self.made_by is None:  # images without an attack.json (e.g. the public release) are not ours
             return not (self.folder.is_dir() and any(self.folder.iterdir()))
-        return self.made_by == json.loads(json.dumps(folder_identity(self.preset, wanted, self.dataset)))
+        return self.made_by == jsonable(folder_identity(self.preset, wanted, self.dataset))
 
     def attach(self, item: PreparedItem) -> None:
         """Point a prepared item at its adversarial image, or record why it has none."""
@@ -209,7 +180,7 @@ def generation_config(config: RunConfig, presets: list[Preset], limit: int) -> G
         candidates=config.candidates,
         seed=config.seeds[0],
         data_dir=config.data_dir,
-        preset_file=config.attack_config,
+        preset_file=config.presets_file,
     )
 
 
@@ -220,7 +191,7 @@ def complete(sets: list[AdversarialSet], evaluator: Evaluator, progress: bool) -
     lacks stays missing and is recorded per item.
     """
     mentions = evaluator.mentions
-    pictured = sum(1 for m in mentions if m.image_path is not None and m.image_path.is_file())
+    pictured = sum(1 for m in mentions if m.has_image)
     wanted = generation_config(evaluator.config, [s.preset for s in sets], pictured)
     lacking = [s for s in sets if s.lacks(mentions) and s.is_own(wanted)]
     if not lacking:
@@ -257,8 +228,6 @@ def replay_attacks(evaluator: Evaluator, presets: list[Preset], progress: bool) 
 
 
 def summary_line(name: str, attacked: dict[str, Any]) -> str:
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None or value != value else f"{value * 100:.1f}%"
 
     drift, made = attacked["drift"], attacked["manifest"]
     by = attacked["made_by"] or {}

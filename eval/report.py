@@ -13,7 +13,9 @@ decisions' traces, exported as HTML (``agent.trace export``) into ``<report name
 beside the report.
 
 Every image and plot is an inline base64 PNG, the page has no script and no external file
-except the trace pages it links. Worst first: decisions that were right on the clean image and
+except the trace pages it links. The markup is the Jinja2 template
+``eval/templates/report.html.j2``, rendered with autoescaping on (labels, captions and
+retrieved text are data); this module only gathers what the page shows. Worst first: decisions that were right on the clean image and
 wrong on the adversarial one, then by how far the gold fell in the ranking.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
 import json
 import re
@@ -32,21 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from tqdm import tqdm
 
 from eval import tables
 from eval.agent_pipeline import CHECKPOINTS
 from kb.errors import ImageError
+from kb.images import load_pixels
+from kb.runcore.files import read_jsonl
 
 THUMBNAIL = 320
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#1b1f24}
-table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #c9d1d9;padding:.25em .6em;
-text-align:right}th:first-child,td:first-child{text-align:left}thead th{background:#f0f3f6}
-figure{display:inline-block;margin:.3em;vertical-align:top;text-align:center}
-figcaption{font-size:.85em;max-width:320px}.flip{border:1px solid #d0d7de;border-radius:6px;
-padding:.6em 1em;margin:1em 0}.note{color:#57606a;font-size:.9em}code{background:#f6f8fa;padding:0 .2em}
-"""
 
 
 @dataclass
@@ -87,12 +83,7 @@ def load_run(path: Path) -> Run:
     if not results_path.is_file():
         raise FileNotFoundError(f"{path} is not an eval.run folder (no results.json)")
     results = tables.load_results(path)
-    items = path / "items.jsonl"
-    records = []
-    if items.is_file():
-        for line in items.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                records.append(json.loads(line))
+    records = list(read_jsonl(path / "items.jsonl"))  # a cut last line (killed run) is left out
     config_path = path / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     return Run(path, results, records, config)
@@ -120,7 +111,7 @@ def png_data_uri(image: Any) -> str:
     """A PIL image as an inline ``data:image/png;base64,...`` URI."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png_uri(buffer.getvalue())
 
 
 def to_pil(pixels: torch.Tensor, size: int = THUMBNAIL) -> Any:
@@ -156,27 +147,24 @@ class Images:
         self._datasets: dict[tuple[str, str | None], Any] = {}
 
     def clean(self, flip: Flip, traces: Any | None) -> torch.Tensor:
-        from agent.resources import load_pixels
-        from kb.images import load_rgb, to_tensor
+        from agent.resources import load_pixels as trace_pixels
 
         if traces is not None and flip.clean.get("thread"):
             image = traces.get(flip.clean["thread"]).values.get("image")
             if image:
-                return load_pixels(image)
+                return trace_pixels(image)
         mention = self.dataset(flip.run).mention(flip.clean["id"])
         if mention.image_path is None:
             raise FileNotFoundError(f"mention {flip.clean['id']} has no image")
-        return to_tensor(load_rgb(mention.image_path, mention.bbox))
+        return load_pixels(mention.image_path, mention.bbox)
 
     def adversarial(self, flip: Flip) -> torch.Tensor:
-        from eval.replay import read_adversarial
-
         block = flip.run.results["attacks"][flip.preset]
         if not flip.attacked.get("adv_file"):
             raise FileNotFoundError(f"item {flip.attacked['id']} names no adversarial file")
         root = Path(block["adv_dir"])
         path = (root if root.is_absolute() else Path.cwd() / root) / flip.attacked["adv_file"]
-        return read_adversarial(path)
+        return load_pixels(path)
 
     def dataset(self, run: Run) -> Any:
         from kb.dataset import load_dataset
@@ -188,42 +176,81 @@ class Images:
 
 
 # ------------------------------------------------------------------------------ sections
+# The page's markup is eval/templates/report.html.j2 (autoescaping on: every value is data).
+# The functions below only gather what it shows.
+
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
-def e(value: Any) -> str:
-    return html.escape(str(value))
+@dataclass(frozen=True)
+class Table:
+    names: list[str]
+    rows: list[list[Any]]
+    css: str
 
 
-def table_section(results: Sequence[dict[str, Any]]) -> str:
-    """Table 2 of ``eval.tables`` as HTML, one table per dataset."""
+@dataclass(frozen=True)
+class Figure:
+    uri: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    label: str
+
+
+@dataclass
+class Card:
+    """One flip as the page shows it: the two decisions, the images, the trace links."""
+
+    run: str
+    preset: str
+    mention: str
+    gold: str
+    clean: str
+    clean_rank: Any
+    attacked: str
+    attacked_rank: Any
+    divergence: str | None = None
+    figures: list[Figure] = field(default_factory=list)
+    note: str | None = None
+    links: list[Link] = field(default_factory=list)
+    thread: str | None = None
+
+
+def table_section(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table 2 of ``eval.tables``, one table per dataset (none without an I2T or IT2T run)."""
     cells, columns = tables.collect(results)
-    if not cells:
-        return "<p class='note'>No I2T or IT2T run: nothing for Table 2.</p>"
-    parts = []
-    for dataset, rows in cells.items():
-        body = [
-            [
-                name,
-                *(tables.cell_text(row.get((t, c)), tables.MISSING) for t in tables.TASKS for c in columns),
-            ]
-            for name, row in rows.items()
-        ]
-        parts.append(
-            f"<h3>{e(dataset)}</h3>"
-            + _html_table(["Model", *tables.headers(columns)], body, "table2")
-            + f"<p class='note'>acc@1 (%); {e(tables.counts_line(results, dataset))}</p>"
-        )
-    return "".join(parts)
+    names = ["Model", *tables.headers(columns)]
+    return [
+        {
+            "dataset": dataset,
+            "table": Table(names, [[name, *_cells(row, columns)] for name, row in rows.items()], "table2"),
+            "counts": tables.counts_line(results, dataset),
+        }
+        for dataset, rows in cells.items()
+    ]
+
+
+def _cells(row: dict[tuple[str, str], float | None], columns: Sequence[str]) -> list[str]:
+    return [tables.cell_text(row.get((t, c)), tables.MISSING) for t in tables.TASKS for c in columns]
 
 
 def accuracy_plot(results: Sequence[dict[str, Any]]) -> str:
     buffer = io.BytesIO()
     tables.plot(results, buffer)
-    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"<img class='plot' alt='accuracy per attack' src='{uri}'>"
+    return _png_uri(buffer.getvalue())
 
 
-def drift_section(runs: Sequence[Run]) -> str:
+def drift_section(runs: Sequence[Run]) -> Table | None:
     """Per run and attack: accuracy before/after, drop, flip rate, attack success, rank shift."""
     rows = []
     for run in runs:
@@ -235,31 +262,18 @@ def drift_section(runs: Sequence[Run]) -> str:
                     preset,
                     _pct(run.results["metrics"]["acc@1"]["mean"]),
                     _pct(block["metrics"]["acc@1"]["mean"]),
-                    _pct(drift.get("acc_drop")),
-                    _pct(drift.get("flip_rate")),
-                    _pct(drift.get("attack_success")),
+                    *(_pct(drift.get(key)) for key in ("acc_drop", "flip_rate", "attack_success")),
                     drift.get("gold_rank_shift", "–"),
                     block.get("n", "–"),
                 ]
             )
-    if not rows:
-        return "<p class='note'>No attacked run.</p>"
-    names = [
-        "run",
-        "attack",
-        "acc@1 clean",
-        "acc@1 attacked",
-        "drop",
-        "flips",
-        "attack success",
-        "gold rank shift",
-        "n",
-    ]
-    return _html_table(names, rows, "drift")
+    names = ["run", "attack", "acc@1 clean", "acc@1 attacked", "drop", "flips", "attack success"]
+    return Table([*names, "gold rank shift", "n"], rows, "drift") if rows else None
 
 
-def divergence_section(runs: Sequence[Run]) -> str:
-    """Agent runs: for flipped decisions, the share whose path first diverged at each node."""
+def divergence_section(runs: Sequence[Run]) -> tuple[Table, str] | None:
+    """Agent runs: for flipped decisions, the share whose path first diverged at each node
+    (a table and a stacked-bar plot), or None without an attacked agent run."""
     from agent.state import NODES
 
     rows, bars = [], []
@@ -277,16 +291,14 @@ def divergence_section(runs: Sequence[Run]) -> str:
             )
             bars.append((f"{run.path.name} {preset}", [shares[n] or 0.0 for n in NODES]))
     if not rows:
-        return "<p class='note'>No agent run under attack: no divergence to break down.</p>"
-    return _html_table(["run", "attack", "flipped", *NODES], rows, "divergence") + _divergence_plot(
-        bars, NODES
-    )
+        return None
+    return Table(["run", "attack", "flipped", *NODES], rows, "divergence"), _divergence_plot(bars, NODES)
 
 
 def _divergence_plot(bars: list[tuple[str, list[float]]], nodes: Sequence[str]) -> str:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure as PlotFigure
 
-    figure = Figure(figsize=(8, 1.2 + 0.5 * len(bars)), layout="constrained")
+    figure = PlotFigure(figsize=(8, 1.2 + 0.5 * len(bars)), layout="constrained")
     ax = figure.subplots()
     left = [0.0] * len(bars)
     for i, node in enumerate(nodes):
@@ -298,30 +310,27 @@ def _divergence_plot(bars: list[tuple[str, list[float]]], nodes: Sequence[str]) 
     figure.legend(ncols=len(nodes), fontsize="small", loc="outside upper center")
     buffer = io.BytesIO()
     figure.savefig(buffer, dpi=110, format="png")
-    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"<img class='plot' alt='divergence by node' src='{uri}'>"
+    return _png_uri(buffer.getvalue())
 
 
-def flip_card(flip: Flip, images: Images, traces: Any | None, trace_dir: Path, report_dir: Path) -> str:
-    """One flip: the two decisions, the three images, and (agent) the divergence node and trace links."""
+def flip_card(flip: Flip, images: Images, traces: Any | None, trace_dir: Path, report_dir: Path) -> Card:
+    """One flip: the two decisions, the three images, and (agent) the divergence node and trace
+    links (both traces exported as HTML into ``trace_dir``)."""
     clean, attacked = flip.clean, flip.attacked
     labels: dict[str, str] = {}
-    links, divergence = "", ""
+    links: list[Link] = []
+    divergence, thread_id = None, None
     if traces is not None and clean.get("thread") and attacked.get("thread"):
         from agent.trace import export_html
         from agent.traces import first_divergence
 
         a, b = traces.get(clean["thread"]), traces.get(attacked["thread"])
         labels = {c["qid"]: c["label"] for c in a.values.get("candidates", [])}
-        divergence = f"<p>first divergence: <b>{e(first_divergence(a.values, b.values) or 'none')}</b></p>"
-        hrefs = []
         for thread in (a, b):
             path = trace_dir / (re.sub(r"[^A-Za-z0-9._-]+", "_", thread.thread) + ".html")
             path.write_text(export_html(thread), encoding="utf-8")
-            hrefs.append(
-                f"<a href='{e(path.relative_to(report_dir).as_posix())}'>{e(thread.condition)} trace</a>"
-            )
-        links = "<p>" + " · ".join(hrefs) + f" · <code>{e(a.thread)}</code></p>"
+            links.append(Link(path.relative_to(report_dir).as_posix(), f"{thread.condition} trace"))
+        divergence, thread_id = first_divergence(a.values, b.values) or "none", a.thread
     else:
         entities = images.dataset(flip.run).entities
         shown = (clean["gold"], clean["prediction"], attacked["prediction"])
@@ -330,40 +339,42 @@ def flip_card(flip: Flip, images: Images, traces: Any | None, trace_dir: Path, r
     def who(qid: str | None) -> str:
         return f"{labels.get(qid, qid)} ({qid})" if qid else "none"
 
+    card = Card(
+        run=flip.run.path.name,
+        preset=flip.preset,
+        mention=str(clean["id"]),
+        gold=who(clean["gold"]),
+        clean=who(clean["prediction"]),
+        clean_rank=clean.get("rank"),
+        attacked=who(attacked["prediction"]),
+        attacked_rank=attacked.get("rank"),
+        divergence=divergence,
+        links=links,
+        thread=thread_id,
+    )
     try:
         clean_pixels, adversarial_pixels = images.clean(flip, traces), images.adversarial(flip)
-        figures = [
-            _figure(to_pil(clean_pixels), f"clean: {who(clean['prediction'])}"),
-            _figure(to_pil(adversarial_pixels), f"{flip.preset}: {who(attacked['prediction'])}"),
+        card.figures = [
+            Figure(png_data_uri(to_pil(clean_pixels)), f"clean: {card.clean}"),
+            Figure(png_data_uri(to_pil(adversarial_pixels)), f"{flip.preset}: {card.attacked}"),
         ]
         if clean_pixels.shape == adversarial_pixels.shape:
-            figures.append(_figure(*perturbation(clean_pixels, adversarial_pixels)))
+            difference, caption = perturbation(clean_pixels, adversarial_pixels)
+            card.figures.append(Figure(png_data_uri(difference), caption))
         else:
-            figures.append(
-                f"<p class='note'>sizes differ ({tuple(clean_pixels.shape)} vs {tuple(adversarial_pixels.shape)}): no difference image</p>"
-            )
+            shapes = f"{tuple(clean_pixels.shape)} vs {tuple(adversarial_pixels.shape)}"
+            card.note = f"sizes differ ({shapes}): no difference image"
     except (OSError, ValueError, KeyError, ImageError) as exc:  # shown in the card, the page goes on
-        figures = [f"<p class='note'>images unavailable: {e(exc)}</p>"]
-    return (
-        f"<div class='flip'><h3>{e(flip.run.path.name)} · {e(flip.preset)} · mention {e(clean['id'])}</h3>"
-        f"<p>gold {e(who(clean['gold']))}; clean {e(who(clean['prediction']))} (rank of gold {e(clean.get('rank'))}) → "
-        f"attacked {e(who(attacked['prediction']))} (rank of gold {e(attacked.get('rank'))})</p>"
-        f"{divergence}{''.join(figures)}{links}</div>"
-    )
+        card.figures, card.note = [], f"images unavailable: {exc}"
+    return card
 
 
-def _figure(image: Any, caption: str) -> str:
-    return f"<figure><img alt='{e(caption)}' src='{png_data_uri(image)}'><figcaption>{e(caption)}</figcaption></figure>"
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value * 100:.1f}%"
-
-
-def _html_table(names: Sequence[str], rows: Sequence[Sequence[Any]], css: str) -> str:
-    head = "".join(f"<th>{e(n)}</th>" for n in names)
-    body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table class='{css}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ------------------------------------------------------------------------------ the page
@@ -382,13 +393,17 @@ def build(run_dirs: Sequence[Path], out: Path, per_run: int = 6, progress: bool 
     bar = tqdm(
         total=2 + sum(len(f) for _, f in chosen), desc="report", unit="part", delay=2, disable=not progress
     )
-    sections = [
-        "<h2>Accuracy under attack (seed paper Table 2 layout)</h2>" + table_section(results),
-    ]
+    table2 = table_section(results)
     bar.update(1)
-    sections.append("<h2>Accuracy per attack</h2>" + accuracy_plot(results))
-    sections.append("<h2>Drift</h2>" + drift_section(runs))
-    sections.append("<h2>Where flipped agent decisions diverged (first node)</h2>" + divergence_section(runs))
+    divergence, divergence_plot = divergence_section(runs) or (None, None)
+    page: dict[str, Any] = {
+        "runs": runs,
+        "table2": table2,
+        "accuracy_plot": accuracy_plot(results),
+        "drift": drift_section(runs),
+        "divergence": divergence,
+        "divergence_plot": divergence_plot,
+    }
     bar.update(1)
     cards = []
     for run, picked in chosen:
@@ -404,20 +419,8 @@ def build(run_dirs: Sequence[Path], out: Path, per_run: int = 6, progress: bool 
             if traces is not None:
                 traces.close()
     bar.close()
-    total = sum(len(flips(run)) for run in runs)
-    sections.append(
-        f"<h2>Worst flips ({len(cards)} shown of {total})</h2>"
-        + ("".join(cards) or "<p class='note'>No decision flipped.</p>")
-    )
-    listing = "".join(
-        f"<li><code>{e(run.path)}</code>: {e(run.name)}, n={e(run.results['n'])}</li>" for run in runs
-    )
-    page = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>melrobust report</title>"
-        f"<style>{STYLE}</style></head><body><h1>Entity linking under adversarial images</h1>"
-        f"<ul>{listing}</ul>{''.join(sections)}</body></html>"
-    )
-    out.write_text(page, encoding="utf-8")
+    page.update(cards=cards, total_flips=sum(len(flips(run)) for run in runs))
+    out.write_text(TEMPLATES.get_template("report.html.j2").render(page), encoding="utf-8")
     return out
 
 

@@ -5,7 +5,9 @@ context text, candidate texts). Storing the logits under a hash of exactly those
 a warm re-run, another seed that reorders the same candidates, or the clean half of an
 attack study skip the model entirely (the model is not even loaded when every item hits).
 Adversarial images are new bytes, so they can never hit a clean entry by mistake.
-One SQLite file per scorer identity under ``$MEL_CACHE_DIR/scores``.
+One SQLite file per scorer identity under ``$MEL_CACHE_DIR/scores``, table
+``scores(key, logits)`` of float32 logits, stored through ``kb.blob_cache.BlobCache`` (WAL,
+safe to share between threads and processes); a key written twice keeps the last logits.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kb.blob_cache import BlobCache
 from kb.cache import cache_dir
 
 
@@ -31,13 +34,25 @@ def file_digest(path: Path) -> str:
 
 
 class ScoreCache:
+    """Clean logits (float32 vectors) per ``key``, in one SQLite file per scorer identity."""
+
     def __init__(self, scorer_id: str, directory: Path | None = None) -> None:
         directory = directory or cache_dir("scores")
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", scorer_id)[:80]
         suffix = hashlib.sha256(scorer_id.encode()).hexdigest()[:12]
-        self.connection = sqlite3.connect(directory / f"{safe}-{suffix}.sqlite", timeout=30)
-        self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, logits BLOB)")
+        self.store = BlobCache(
+            directory / f"{safe}-{suffix}.sqlite",
+            table="scores",
+            key_column="key",
+            value_column="logits",
+            on_conflict="replace",
+            timeout=30.0,
+        )
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """This process's connection to the file (for callers that query it directly)."""
+        return self.store.connection
 
     @staticmethod
     def key(
@@ -47,19 +62,10 @@ class ScoreCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for key, blob in self.connection.execute(
-                f"SELECT key, logits FROM scores WHERE key IN ({marks})", chunk
-            ):
-                found[key] = np.frombuffer(blob, dtype=np.float32)
-        return found
+        return self.store.get_many(keys, dtype=np.float32)  # type: ignore[return-value]
 
     def put_many(self, entries: dict[str, np.ndarray]) -> None:
-        with self.connection:
-            self.connection.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?)",
-                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in entries.items()],
-            )
+        self.store.put_many(entries, dtype=np.float32)
+
+    def close(self) -> None:
+        self.store.close()

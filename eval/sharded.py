@@ -21,33 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kb.candidates import CandidateSet
-from kb.records import Mention
+from kb.runcore.items import PreparedItem, candidates_from_row, candidates_row, mention_from_row, mention_row
 from tools.executor import ExecutorConfig, JsonWorker, ray_map
 
 if TYPE_CHECKING:
-    from eval.run import PreparedItem, RunConfig
-
-
-def mention_row(mention: Mention) -> dict[str, Any]:
-    """A ``Mention`` as JSON (paths as strings, tuples as lists)."""
-    row = asdict(mention)
-    row["image_path"] = str(mention.image_path) if mention.image_path is not None else None
-    return row
-
-
-def mention_from_row(row: dict[str, Any]) -> Mention:
-    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in row.items()}
-    fields["image_path"] = Path(row["image_path"]) if row["image_path"] else None
-    return Mention(**fields)
-
-
-def candidates_row(candidates: CandidateSet) -> dict[str, Any]:
-    return asdict(candidates)
-
-
-def candidates_from_row(row: dict[str, Any]) -> CandidateSet:
-    return CandidateSet(row["mention_id"], tuple(row["qids"]), row["gold_index"], row["source"])
+    from eval.config import RunConfig
 
 
 def job_row(index: int, item: PreparedItem) -> dict[str, Any]:
@@ -64,8 +42,6 @@ def job_row(index: int, item: PreparedItem) -> dict[str, Any]:
 
 def job_item(row: dict[str, Any]) -> PreparedItem:
     """The worker-side ``PreparedItem`` of a row: what ``score_missing`` reads."""
-    from eval.run import PreparedItem
-
     item = PreparedItem(
         mention_from_row(row["mention"]),
         candidates_from_row(row["candidates"]),
@@ -81,7 +57,8 @@ class ScoringWorker(JsonWorker):
     """One pool actor: the run's scorer, loaded once, scoring rows as ``score_missing`` does."""
 
     def __init__(self, config: dict[str, Any], threads: int = 1) -> None:
-        from eval.run import LazyScorer, RunConfig
+        from eval.config import RunConfig
+        from eval.scoring import LazyScorer
 
         super().__init__(threads)
         self.config = RunConfig(**{**config, "seeds": tuple(config["seeds"])})
@@ -89,7 +66,7 @@ class ScoringWorker(JsonWorker):
         self.scorer()  # load now: a pool actor exists to score
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from eval.run import score_missing
+        from eval.scoring import score_missing
 
         items = [job_item(row) for row in rows]
         score_missing(items, self.scorer, self.config)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from eval.results import load_results
+
 TASKS = {"i2t": "I2T", "it2t": "IT2T"}
 RAW = "RAW"
 TABLE2 = {
@@ -148,10 +150,6 @@ def write_tables(results: Sequence[dict[str, Any]], out: Path) -> str:
     (out / CSV).write_text(csv_text(results), encoding="utf-8")
     plot(results, out / PLOT)
     return text
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    return json.loads((path / "results.json" if path.is_dir() else path).read_text(encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 
 Prints one JSON object: entity count, whether the store was reused, seconds, path. The
 default encoder is MiniLM for English datasets and multilingual-e5 for Chinese ones.
-This command sits at the top of the import order (it picks a model), so it may import
-``tools``; the library modules of ``kb`` never do.
+The encoder is found by name among the installed ``melrobust.text_encoders`` entry points
+(``kb.encoders``), so ``kb`` never imports the models of ``tools``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import time
 
 from kb.dataset import Dataset, dataset_names, load_dataset
+from kb.encoders import encoder_fingerprint, encoder_names, load_encoder
 from kb.errors import DatasetError
 from kb.store import KBStore, open_store
 
@@ -24,13 +25,8 @@ def default_encoder_name(dataset: Dataset) -> str:
 
 def store_for(dataset: Dataset, encoder_name: str | None = None, progress: bool = True) -> KBStore:
     """Open (building if needed) the store of ``dataset`` with the named text encoder."""
-    from tools.text_encoders import E5Encoder, MiniLMEncoder, encoder_fingerprint
-
     name = encoder_name or default_encoder_name(dataset)
-    encoders = {"minilm": MiniLMEncoder, "e5-small": E5Encoder}
-    if name not in encoders:
-        raise DatasetError(f"unknown KB encoder {name!r}; choose one of {sorted(encoders)}")
-    encoder = encoders[name]()
+    encoder = load_encoder(name)
     return open_store(
         dataset.name, dataset.entities, encoder, encoder_fingerprint(encoder), progress=progress
     )
@@ -40,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kb.build", description=__doc__)
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(dataset_names())}")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--encoder", default=None, help="minilm (English default) or e5-small")
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help=f"one of {encoder_names()}: minilm (English default) or e5-small (Chinese)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

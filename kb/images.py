@@ -92,3 +92,29 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def load_pixels(path: Path | str, bbox: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+    """(3, H, W) float in [0, 1] of a picture file or an exact ``.pt`` tensor; ``ImageError`` otherwise.
+
+    The one pixel reader for stored images: a picture goes through ``load_rgb`` (cropped to
+    ``bbox``); a ``.pt`` (an attack's exact float adversarial, already cropped) must hold a finite
+    (3, H, W) tensor inside [0, 1]. Out-of-range pixels are refused rather than clamped: they mean
+    the file was not written by this toolkit's attacks, and clamping would hide that.
+    """
+    path = Path(path)
+    if path.suffix != ".pt":
+        return to_tensor(load_rgb(path, bbox))
+    if not path.is_file():
+        raise ImageError(path, "missing", "no such file")
+    try:
+        image = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip/pickle errors vary; recorded per item
+        raise ImageError(path, "corrupt", f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ImageError(path, "not_an_image", f"expected a (3, H, W) tensor, got {shape}")
+    image = image.float()
+    if not bool(torch.isfinite(image).all()) or float(image.min()) < 0 or float(image.max()) > 1:
+        raise ImageError(path, "corrupt", "pixels not finite or outside [0, 1]")
+    return image

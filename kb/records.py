@@ -46,6 +46,17 @@ class Mention:
     def is_nil(self) -> bool:
         return self.gold == NIL
 
+    @property
+    def has_image(self) -> bool:
+        """True when the mention names an image and that file is on disk (downloads are often partial)."""
+        return self.image_path is not None and self.image_path.is_file()
+
+    def image_skip_reason(self) -> str | None:
+        """Why an image task cannot score this mention (``no_image``, ``image_missing``), or None."""
+        if self.image_path is None:
+            return "no_image"
+        return None if self.image_path.is_file() else "image_missing"
+
     def context_text(self) -> str:
         """The text a scorer reads for this mention: "<mention>. <caption>".
 

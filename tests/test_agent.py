@@ -9,7 +9,6 @@ always the real ones.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -152,12 +151,26 @@ def test_trace_diff_names_where_an_attacked_decision_diverged(tmp_path: Path, de
     out = tmp_path / "t.html"
     assert (
         trace.main(
-            ["--db", str(settings.checkpoint_db), "export", a.thread, "--format", "html", "--out", str(out)]
+            [
+                "--checkpoint-db",
+                str(settings.checkpoint_db),
+                "export",
+                a.thread,
+                "--format",
+                "html",
+                "--out",
+                str(out),
+            ]
         )
         == 0
     )
     assert "Decision trace" in out.read_text()
-    assert trace.main(["--db", str(settings.checkpoint_db), "diff", a.thread, b.thread, "--json"]) == 0
+    assert (
+        trace.main(["--checkpoint-db", str(settings.checkpoint_db), "diff", a.thread, b.thread, "--json"])
+        == 0
+    )
+    # the global option goes after the subcommand as well
+    assert trace.main(["diff", a.thread, b.thread, "--checkpoint-db", str(settings.checkpoint_db)]) == 0
 
 
 @pytest.mark.slow
@@ -170,7 +183,7 @@ def test_real_llm_over_a_local_openai_server_writes_once_and_judges(tmp_path: Pa
     sets = build_candidates(demo, mentions, 3, seed=0)
     with serve_embedded() as base_url:
         llm = LLMSettings(base_url=base_url, timeout_s=300, budget_s=600)
-        settings = replace(offline_settings(tmp_path), llm=llm)
+        settings = offline_settings(tmp_path).replace(llm=llm)
         linker = linker_for(settings, demo, tmp_path)
         record = next(link_mentions(linker, demo, mentions, sets, run_id="llm"))
         assert record["error"] is None, record

@@ -172,7 +172,7 @@ def shared_scorer(tagger, monkeypatch):
 def test_manifest_resume_and_refusal(tmp_path: Path, shared_scorer, capsys) -> None:
     def args(config: Path, scorer: str = "tagger", limit: int = 2) -> list[str]:
         return [
-            *("--dataset", "demo", "--scorer", scorer, "--attack", "pgd-fast", "--config", str(config)),
+            *("--dataset", "demo", "--scorer", scorer, "--attack", "pgd-fast", "--presets-file", str(config)),
             *("--out", str(tmp_path / "adv"), "--quiet", "--threads", "0", "--limit", str(limit)),
         ]
 

@@ -301,7 +301,8 @@ def test_corpus_through_kb_build_eval_run_attacks_and_the_agent(corpus_env: dict
     assert {r["id"] for r in manifest} <= set(kinds)
 
     capsys.readouterr()
-    assert link_main(["--dataset", "m3el", "--data-dir", str(data), "--db", str(root / "link.sqlite")]) == 0
+    argv = ["--dataset", "m3el", "--data-dir", str(data), "--split", "all"]
+    assert link_main([*argv, "--checkpoint-db", str(root / "link.sqlite")]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     for record in printed:
         TRIED["corpus:agent.link"] += 1

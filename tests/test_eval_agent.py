@@ -35,7 +35,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         patch.setenv("MEL_LLM_BASE_URL", f"http://127.0.0.1:{port}/v1")
         patch.setenv("MEL_LLM_MODEL", "none")
         patch.setenv("MEL_LLM_RETRIES", "0")
-        common = dict(dataset="demo", task="i2t", attack="pgd-fast", attack_config=str(root / "fast.json"))
+        common = dict(dataset="demo", task="i2t", attack="pgd-fast", presets_file=str(root / "fast.json"))
         common["adv_dir"] = str(root / "adv")
         prerank = run(RunConfig(**common), root / "prerank", progress=False)
         agent = run(RunConfig(**common, pipeline="agent"), root / "agent", progress=False)

@@ -59,7 +59,7 @@ def attack_config(env: Path, adv: str = "adv", **changes: object) -> RunConfig:
         dataset="demo",
         task="i2t",
         attack="pgd-fast",
-        attack_config=str(env / "fast.json"),
+        presets_file=str(env / "fast.json"),
         adv_dir=str(env / adv),
     )
     return RunConfig(**{**base, **changes})
@@ -126,7 +126,7 @@ def test_tables_have_the_table_2_columns(env: Path, replayed: dict) -> None:
 
 
 def test_cli_prints_the_table(env: Path, replayed: dict, capsys: pytest.CaptureFixture) -> None:
-    argv = ["--dataset", "demo", "--task", "i2t", "--attack", "pgd-fast", "--attack-config"]
+    argv = ["--dataset", "demo", "--task", "i2t", "--attack", "pgd-fast", "--presets-file"]
     argv += [str(env / "fast.json"), "--adv-dir", str(env / "adv"), "--out", str(env / "run"), "--quiet"]
     assert eval_run.main(argv) == 0  # everything is done: the same folder resumes, nothing rescored
     printed = capsys.readouterr().out

@@ -121,7 +121,7 @@ def test_attacks_generate_killed_mid_run_resumes_to_the_same_manifest(tmp_path: 
         "demo",
         "--attack",
         "pgd-kill",
-        "--config",
+        "--presets-file",
         str(tmp_path / "fast.json"),
     ]
     args += ["--batch-size", "1", "--threads", "1", "--quiet"]

@@ -129,6 +129,7 @@ def test_openclip_hub_tag_offline_fails_before_open_clip_runs(monkeypatch: pytes
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(open_clip, "create_model_and_transforms", must_not_run)
+    monkeypatch.setattr(open_clip, "create_model", must_not_run)
     with pytest.raises(ModelUnavailable, match="openclip:ViT-B-32/laion2b_s34b_b79k"):
         registry.get("openclip:ViT-B-32/laion2b_s34b_b79k")
     with pytest.raises(ModelUnavailable, match="timm/ViT-B-16-SigLIP"):
@@ -139,24 +140,112 @@ def test_openclip_hub_tag_offline_fails_before_open_clip_runs(monkeypatch: pytes
 
 
 def test_openclip_cached_tag_loads_offline_with_its_quick_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real OpenAI tag resolves, offline, to its cached file with QuickGELU (only the hub-cache
+    lookup is stubbed here: no model is built; the tiny-model test below builds real ones)."""
     import huggingface_hub
-    import open_clip
-
-    calls: list[tuple[str, dict[str, object]]] = []
-
-    def fake_create(arch: str, **kwargs: object) -> tuple[torch.nn.Module, None, None]:
-        calls.append((arch, kwargs))
-        return torch.nn.Linear(1, 1), None, None
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(
         huggingface_hub, "try_to_load_from_cache", lambda repo, filename: f"/cache/{repo}/{filename}"
     )
-    monkeypatch.setattr(open_clip, "create_model_and_transforms", fake_create)
-    monkeypatch.setattr(registry, "_cache", {})  # keep the fake out of the process-wide cache
-    loaded = registry.get("openclip:ViT-B-32/openai")
-    assert calls == [("ViT-B-32", {"pretrained": "openai", "force_quick_gelu": True})]
-    assert not loaded.model.training
+    source = registry.resolve_openclip("ViT-B-32/openai")
+    assert (source.model_name, source.quick_gelu) == ("ViT-B-32", True)
+    assert source.pretrained == "/cache/timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors"
+    assert dict(source.preprocess)["resize_mode"] == "shortest"
+    laion = registry.resolve_openclip("ViT-B-32/laion2b_s34b_b79k")
+    assert (laion.model_name, laion.quick_gelu) == ("ViT-B-32", False)
+
+
+def test_openclip_offline_hint_keeps_the_tags_quick_gelu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty
+    monkeypatch.setenv("HOME", str(tmp_path))  # and no ~/.cache/clip download either
+    with pytest.raises(ModelUnavailable, match="openclip:ViT-B-32-quickgelu//abs/path"):
+        registry.get("openclip:ViT-B-32/openai")
+    with pytest.raises(ModelUnavailable, match="'openclip:ViT-B-32//abs/path"):
+        registry.get("openclip:ViT-B-32/laion2b_s34b_b79k")
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _activations(model: torch.nn.Module) -> set[str]:
+    from open_clip.transformer import QuickGELU
+
+    return {type(m).__name__ for m in model.modules() if isinstance(m, QuickGELU | torch.nn.GELU)}
+
+
+@pytest.fixture
+def tiny_tagged_open_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """A tiny open_clip ``CLIP`` (the real class, randomly initialised, saved in a temporary
+    Hugging Face cache) registered as an architecture with two pretrained tags: ``openai``,
+    trained with QuickGELU as OpenAI's CLIPs were, and ``laion``, trained with GELU. The tags are
+    test data added to open_clip's tag table for this test only; the weights are never faked."""
+    import huggingface_hub.constants
+    import open_clip
+    import open_clip.pretrained
+
+    arch = "MelTinyTaggedCLIP"
+    (tmp_path / f"{arch}.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(tmp_path / f"{arch}.json")
+    torch.manual_seed(0)
+    state = open_clip.create_model(arch).state_dict()  # QuickGELU has no weights: one file fits both
+    hub = tmp_path / "hub"
+    for repo in ("tiny-openai", "tiny-laion"):
+        cached = hub / f"models--mel-test--{repo}"
+        (cached / "refs").mkdir(parents=True)
+        (cached / "refs" / "main").write_text(TINY_SNAPSHOT)
+        (cached / "snapshots" / TINY_SNAPSHOT).mkdir(parents=True)
+        torch.save(state, cached / "snapshots" / TINY_SNAPSHOT / "open_clip_pytorch_model.bin")
+    tags = {
+        "openai": {"hf_hub": "mel-test/tiny-openai/", "quick_gelu": True, "resize_mode": "shortest"},
+        "laion": {"hf_hub": "mel-test/tiny-laion/", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    }
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, arch, tags)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(registry, "_cache", {})  # keep these tiny models out of the process-wide cache
+    return arch, state
+
+
+def test_openclip_tag_brings_quick_gelu_to_both_loaders(tiny_tagged_open_clip, tmp_path: Path) -> None:
+    from tools.scorers import load_scorer
+    from tools.scorers.text_cache import TextEmbeddingCache
+
+    arch, state = tiny_tagged_open_clip
+    expected = {"openai": {"QuickGELU"}, "laion": {"GELU"}}
+    for tag, activations in expected.items():
+        source = registry.resolve_openclip(f"{arch}/{tag}")
+        assert source.quick_gelu == (tag == "openai")
+        assert source.pretrained is not None and source.pretrained.startswith(str(tmp_path / "hub"))
+
+        shared = registry.get(f"openclip:{arch}/{tag}")  # the model registry
+        scorer = load_scorer(f"openclip:{arch}/{tag}", text_cache=TextEmbeddingCache(None))  # the scorer
+        for model in (shared.model, scorer.model):
+            assert _activations(model) == activations, (tag, type(model).__name__)
+            assert type(model).__name__ == "CLIP" and not model.training
+            for key, value in state.items():
+                assert torch.equal(model.state_dict()[key], value), key
+        with torch.no_grad():
+            assert shared.model.encode_image(torch.rand(1, 3, 32, 32)).shape == (1, 16)
+    # the tag's preprocessing is applied although its weights load from a cached file
+    laion = load_scorer(f"openclip:{arch}/laion", text_cache=TextEmbeddingCache(None))
+    torch.testing.assert_close(laion.preprocess.mean.flatten(), torch.full((3,), 0.5))
+
+    weights_file = Path(registry.resolve_openclip(f"{arch}/openai").pretrained)  # type: ignore[arg-type]
+    by_file = registry.get(f"openclip:{arch}/{weights_file}")  # a file carries no tag: the arch decides
+    assert _activations(by_file.model) == {"GELU"}
 
 
 def test_openclip_local_weights_file(tmp_path: Path) -> None:

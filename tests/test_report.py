@@ -37,7 +37,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "preset.json").write_text(json.dumps(PRESET))
     port = closed_port()
     common = ["--dataset", "demo", "--task", "i2t", "--limit", "4", "--attack", "pgd-report", "--quiet"]
-    common += ["--attack-config", str(root / "preset.json"), "--adv-dir", str(root / "adv")]
+    common += ["--presets-file", str(root / "preset.json"), "--adv-dir", str(root / "adv")]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEL_CACHE_DIR", str(root / "cache"))
         patch.setenv("MEL_LLM_BASE_URL", f"http://127.0.0.1:{port}/v1")
@@ -72,6 +72,32 @@ def test_report_is_one_self_contained_page(runs: dict[str, Path]) -> None:
         assert len(traces) == 2 * min(6, len(agent_flips))
         assert all("Decision trace" in t.read_text(encoding="utf-8") for t in traces)
         assert "first divergence: <b>" in text
+
+
+def test_report_renders_a_run_killed_mid_line(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A run killed while writing items.jsonl leaves a cut last line: the report leaves it out
+    (the run redoes it on resume) and renders the rest."""
+    cut = tmp_path / "cut"
+    shutil.copytree(runs["scorer"], cut)
+    items = cut / "items.jsonl"
+    whole = items.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    items.write_bytes(whole + lines[0][: len(lines[0]) // 2])  # no newline: cut mid-record
+    assert len(report.load_run(cut).records) == len(lines)
+    page = tmp_path / "report.html"
+    assert report.main([str(cut), "--out", str(page), "--quiet"]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "<td>tagger</td>" in text and "Worst flips (" in text
+
+
+def test_report_escapes_data(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Autoescaping is on: markup in a run's data (here its folder name) is shown, not parsed."""
+    odd = tmp_path / "<b>&'run"
+    shutil.copytree(runs["scorer"], odd)
+    page = tmp_path / "report.html"
+    assert report.main([str(odd), "--out", str(page), "--quiet"]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "<h3>&lt;b&gt;&amp;&#39;run · pgd-report · mention" in text and "<b>&" not in text
 
 
 def _browser():

@@ -26,8 +26,6 @@ from tokenizers.normalizers import BertNormalizer
 
 from tools.hub import ModelUnavailable
 from tools.scorers import (
-    SCORER_FACTORIES,
-    SUPPORTED_TASKS,
     TASKS,
     PixelPreprocess,
     Scorer,
@@ -35,6 +33,7 @@ from tools.scorers import (
     load_scorer,
     register_scorer,
 )
+from tools.scorers import families as family_table
 from tools.scorers.clip_family import ADAPTERS, DualEncoderScorer
 from tools.scorers.text_cache import TextEmbeddingCache, default_cache_dir
 
@@ -494,12 +493,137 @@ def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "melrobust" / "text_embeddings"
 
 
+# -- the SQLite blob store under both caches (kb.blob_cache) ----------------------------------------
+
+
+def test_blob_cache_stores_bytes_and_arrays_in_chunks(tmp_path):
+    from kb.blob_cache import CHUNK, BlobCache
+
+    store = BlobCache(tmp_path / "b.sqlite", meta={"what": "test"})
+    keys = [f"k{i}" for i in range(CHUNK * 2 + 7)]  # more keys than one query may carry
+    vectors = {k: np.arange(i, i + 3, dtype=np.float32) for i, k in enumerate(keys)}
+    assert store.put_many(vectors, dtype=np.float32) == len(keys)
+    found = store.get_many([*keys, "absent", keys[0]], dtype=np.float32)
+    assert set(found) == set(keys)
+    for key in keys:
+        np.testing.assert_array_equal(found[key], vectors[key])
+    store.put_many([("raw", b"\x00\x01"), ("k0", np.zeros(3))], dtype=np.float32)
+    assert store.get_many(["raw"]) == {"raw": b"\x00\x01"}  # no dtype: the bytes as stored
+    np.testing.assert_array_equal(
+        store.get_many(["k0"], dtype=np.float32)["k0"], vectors["k0"]
+    )  # ignore: first wins
+    replacing = BlobCache(tmp_path / "b.sqlite", on_conflict="replace")
+    replacing.put_many({"k0": np.zeros(3, dtype=np.float32)})
+    np.testing.assert_array_equal(store.get_many(["k0"], dtype=np.float32)["k0"], np.zeros(3))
+    assert len(store) == len(keys) + 1
+    assert store.connection.execute("SELECT value FROM meta WHERE key = 'what'").fetchone() == ("test",)
+    assert store.connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with pytest.raises(ValueError, match="SQL identifier"):
+        BlobCache(tmp_path / "c.sqlite", table="x; DROP TABLE y")
+
+
+def _write_from_child(store, queue) -> None:
+    try:
+        store.put_many({"child": np.ones(2, dtype=np.float32)})
+        queue.put("ok")
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(repr(exc))
+
+
+def test_blob_cache_is_shared_by_threads_and_forked_children(tmp_path):
+    import multiprocessing
+
+    from kb.blob_cache import BlobCache
+
+    store = BlobCache(tmp_path / "b.sqlite")
+    store.put_many({"parent": np.zeros(2, dtype=np.float32)})
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_write_from_child, args=(store, queue))  # inherits the open store
+    child.start()
+    child.join(timeout=60)
+    assert (child.exitcode, queue.get(timeout=5)) == (0, "ok")
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            store.put_many({f"t{k}-{i}": np.full(2, i, dtype=np.float32) for i in range(50)})
+            assert len(store.get_many([f"t{k}-{i}" for i in range(50)])) == 50
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert set(store.get_many(["parent", "child"])) == {"parent", "child"} and len(store) == 202
+
+
+def test_score_cache_keeps_its_file_table_and_key(tmp_path):
+    import hashlib
+    import json
+    import sqlite3
+
+    from eval.score_cache import ScoreCache, file_digest
+
+    scorer_id = "clip:openai/clip-vit-base-patch32@0123"
+    digest = hashlib.sha256(scorer_id.encode()).hexdigest()[:12]
+    path = tmp_path / f"clip_openai_clip-vit-base-patch32_0123-{digest}.sqlite"  # the name it always had
+    old = sqlite3.connect(path)  # a file as the hand-rolled ScoreCache wrote it
+    old.execute("CREATE TABLE scores (key TEXT PRIMARY KEY, logits BLOB)")
+    old.execute(
+        "INSERT INTO scores VALUES ('before', ?)", (np.array([1.5, -2.0], dtype=np.float32).tobytes(),)
+    )
+    old.commit()
+    old.close()
+
+    cache = ScoreCache(scorer_id, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.sqlite")) == [path.name]
+    np.testing.assert_array_equal(cache.get_many(["before", "absent"])["before"], [1.5, -2.0])
+    cache.put_many({"before": np.array([3.0]), "after": np.array([4.0, 5.0])})  # the last write wins
+    reopened = ScoreCache(scorer_id, tmp_path)
+    found = reopened.get_many(["before", "after"])
+    assert found["before"].dtype == np.float32 and found["before"].tolist() == [3.0]
+    assert found["after"].tolist() == [4.0, 5.0]
+    box = threading.Thread(target=lambda: reopened.get_many(["after"]))  # any thread may use it
+    box.start()
+    box.join()
+    payload = json.dumps(["it2t", "d", [1, 2, 3, 4], "ctx", ["a", "b"]], ensure_ascii=False)
+    assert (
+        ScoreCache.key("it2t", "d", [1, 2, 3, 4], "ctx", ("a", "b"))
+        == hashlib.sha256(payload.encode()).hexdigest()
+    )
+    (tmp_path / "blob").write_bytes(b"abc")
+    assert file_digest(tmp_path / "blob") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_text_cache_file_keeps_its_name_and_tables(tmp_path):
+    import sqlite3
+
+    from tools.scorers.text_cache import fingerprint_file_name
+
+    cache = TextEmbeddingCache(tmp_path)
+    cache.embed("model-a@1234", ["x"], lambda texts: np.ones((len(texts), 2), dtype=np.float32))
+    cache.close()
+    connection = sqlite3.connect(tmp_path / fingerprint_file_name("model-a@1234"))
+    assert connection.execute("SELECT text, vector FROM embeddings").fetchall() == [
+        ("x", np.ones(2, dtype=np.float32).tobytes())
+    ]
+    assert connection.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone() == (
+        "model-a@1234",
+    )
+
+
 # -- registry, validation ------------------------------------------------------------------------
 
 
 def test_candidate_prompt_and_task_table():
     assert candidate_prompt("Barack Obama") == "a photo of Barack Obama"
-    assert set(ADAPTERS) <= set(SUPPORTED_TASKS) and set(ADAPTERS) <= set(SCORER_FACTORIES)
+    rows = family_table.FAMILIES
+    assert set(ADAPTERS) <= set(rows)  # every adapter has a family row: its tasks and its factory
+    assert all(rows[f].tasks == TASKS and rows[f].factory for f in ADAPTERS)
 
 
 def test_inputs_are_validated(tokenizer, open_clip_dir, cache):
@@ -520,7 +644,7 @@ def test_inputs_are_validated(tokenizer, open_clip_dir, cache):
 
 
 def test_registry_dispatches_on_prefix(monkeypatch):
-    monkeypatch.setattr("tools.scorers.SCORER_FACTORIES", dict(SCORER_FACTORIES))
+    monkeypatch.setattr(family_table, "FAMILIES", dict(family_table.FAMILIES))  # registration stays here
     seen = {}
 
     class Dummy(Scorer):

@@ -7,7 +7,9 @@ directly; offline, a hub id not in the local cache raises ``ModelUnavailable`` a
 * ``hf:<transformers id or local dir>`` -> ``HFModel`` (AutoModel; its AutoProcessor on first use)
 * ``openclip:<arch>/<pretrained tag or weights file>`` -> ``OpenClipModel``; an absolute weights
   path keeps its slash (``openclip:ViT-B-32-quickgelu//data/clip.bin``), and the arch must match
-  the weights (OpenAI CLIP weights need a ``-quickgelu`` arch when given as a file)
+  the weights (OpenAI CLIP weights need a ``-quickgelu`` arch when given as a file; a tag brings
+  its own QuickGELU). ``resolve_openclip`` / ``create_openclip`` are the one open_clip resolver:
+  the ``openclip:`` scorers load through them too
 * an existing path: a ``.gguf`` file (returned as a ``Path``), an open_clip export folder
   (``open_clip_config.json``) or a transformers folder.
 
@@ -235,76 +237,167 @@ def _load_hf(name: str) -> HFModel:
 
 
 def _load_openclip(spec: str) -> OpenClipModel:
-    """``spec``: ``<arch>/<tag or weights file>``, or open_clip's own ``hf-hub:<id>``/``local-dir:<dir>``."""
+    """A shared, frozen open_clip model with its eval transform (``create_openclip`` loads it)."""
     import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    label = f"openclip:{spec}"
-    pretrained, quick_gelu = None, False
-    if spec.startswith("hf-hub:"):
-        arch = spec
-        if offline() and not _hub_cached(spec.removeprefix("hf-hub:"), "open_clip_config.json"):
-            raise _openclip_unavailable(label, spec)
-    elif spec.startswith("local-dir:"):
-        arch = spec
-    else:
-        arch, _, tag = spec.partition("/")
-        pretrained, quick_gelu = _openclip_weights(label, arch, tag)
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=pretrained, force_quick_gelu=quick_gelu
-        )
-    except OSError as exc:
-        raise ModelUnavailable(f"model {label!r} cannot be loaded: {exc}") from exc
-    return OpenClipModel(arch, _frozen(model), preprocess)
+    model, source = create_openclip(spec)
+    cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
+    return OpenClipModel(source.model_name, _frozen(model), image_transform_v2(cfg, is_train=False))
 
 
-def _openclip_weights(label: str, arch: str, pretrained: str) -> tuple[str, bool]:
-    """(weights, quick_gelu): a local file as is, or a tag whose weights are reachable.
+# --------------------------------------------------------------------------------------------
+# open_clip names: the one resolver (this registry and the ``openclip:`` scorers use it)
+# --------------------------------------------------------------------------------------------
 
-    A tag brings its QuickGELU flag (open_clip only warns when e.g. ViT-B-32 meets OpenAI weights,
-    and the outputs drift). A missing tag is an error: open_clip would build a random model.
+OPENCLIP_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
+"""Preprocessing a pretrained tag sets (open_clip merges these from the tag's config)."""
+
+
+@dataclass(frozen=True)
+class OpenClipSource:
+    """What ``open_clip.create_model`` needs for one ``openclip:`` name, resolved offline-safely."""
+
+    label: str
+    """The name as the user wrote it (``openclip:<spec>``), for messages."""
+    model_name: str
+    """An open_clip architecture, or ``local-dir:<dir>`` / ``hf-hub:<repo>`` (config and weights there)."""
+    pretrained: str | None = None
+    """A pretrained tag (the hub is reachable), a weights file, or None (in the folder / repo)."""
+    quick_gelu: bool = False
+    """The tag's weights were trained with QuickGELU: the architecture is built with it."""
+    preprocess: tuple[tuple[str, Any], ...] = ()
+    """The tag's preprocessing, forced when its weights are loaded from a cached file."""
+
+
+def resolve_openclip(spec: str) -> OpenClipSource:
+    """Resolve ``<arch>/<pretrained tag or weights file>``, a folder, ``local-dir:`` or ``hf-hub:``.
+
+    * a weights file (``openclip:ViT-B-32-quickgelu//data/clip.bin``): loaded as is into the
+      architecture named, which must match it (OpenAI weights need a ``-quickgelu`` arch);
+    * a folder holding ``open_clip_config.json`` and the weights: its config decides everything;
+    * a pretrained tag: the tag's ``quick_gelu`` is applied (open_clip itself only warns when
+      e.g. ``ViT-B-32`` meets the ``openai`` weights, and the outputs drift). Offline, the tag
+      resolves to its weights file in the local cache, with the tag's preprocessing, or raises
+      ``ModelUnavailable`` at once (naming how to give a path) instead of open_clip retrying
+      the hub; an unknown tag or architecture raises ``UnknownModel``, never a random model.
     """
     import open_clip
 
-    path = Path(pretrained).expanduser()
-    if path.is_file():
-        return str(path), False
+    label = f"openclip:{spec}"
+    if spec.startswith("local-dir:"):
+        return OpenClipSource(label, spec)
+    if Path(spec).expanduser().is_dir():
+        return OpenClipSource(label, f"local-dir:{Path(spec).expanduser()}")
+    if spec.startswith("hf-hub:"):
+        if not offline():
+            return OpenClipSource(label, spec)
+        config = _hub_cached_file(spec.removeprefix("hf-hub:"), "open_clip_config.json")
+        if config is None:
+            raise _openclip_unavailable(
+                label, spec, "openclip:<folder with open_clip_config.json and weights>"
+            )
+        return OpenClipSource(label, f"local-dir:{Path(config).parent}")
+
+    arch, _, pretrained = spec.partition("/")
+    if arch not in open_clip.list_models():
+        raise UnknownModel(
+            f"{label!r}: unknown open_clip architecture {arch!r} (see open_clip.list_models())"
+        )
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if not pretrained:
+        raise UnknownModel(
+            f"{label!r}: name the weights, openclip:<arch>/<pretrained tag or weights file>; "
+            f"{arch}'s tags: {tags}"
+        )
+    weights = Path(pretrained).expanduser()
+    if weights.is_file():
+        return OpenClipSource(label, arch, str(weights))
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
         raise UnknownModel(
             f"{label!r}: {pretrained!r} is neither a weights file nor an open_clip tag of {arch} {tags}"
         )
-    if offline() and not _openclip_cached(cfg):
-        raise _openclip_unavailable(label, cfg.get("hf_hub") or cfg.get("url", pretrained))
-    return pretrained, bool(cfg.get("quick_gelu"))
+    quick_gelu = bool(cfg.get("quick_gelu"))
+    if not offline():
+        return OpenClipSource(label, arch, pretrained, quick_gelu)
+    cached = _cached_openclip_weights(cfg)
+    if cached is None:
+        file_arch = arch  # a file carries no tag: for QuickGELU weights the arch must bring it
+        if quick_gelu and not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
+            file_arch = f"{arch}-quickgelu"
+        raise _openclip_unavailable(
+            label,
+            cfg.get("hf_hub") or cfg.get("url") or pretrained,
+            f"openclip:{file_arch}//abs/path/weights.bin",
+        )
+    preprocess = tuple((key, cfg[key]) for key in OPENCLIP_PREPROCESS_KEYS if key in cfg)
+    return OpenClipSource(label, arch, cached, quick_gelu, preprocess)
 
 
-def _openclip_cached(cfg: dict[str, Any]) -> bool:
-    """Whether open_clip would find this tag's weights locally (HF cache, or its URL download cache)."""
+def create_openclip(spec: str) -> tuple[torch.nn.Module, OpenClipSource]:
+    """A new open_clip model for ``spec`` (see ``resolve_openclip``) and what it was resolved to.
+
+    Always real weights: ``require_pretrained`` makes a folder without weights an error rather
+    than a randomly initialised model. open_clip's load failures become ``ModelUnavailable``.
+    """
+    import open_clip
+
+    source = resolve_openclip(spec)
+    try:
+        model = open_clip.create_model(
+            source.model_name,
+            pretrained=source.pretrained,
+            force_quick_gelu=source.quick_gelu,
+            force_preprocess_cfg=dict(source.preprocess) or None,
+            require_pretrained=True,
+        )
+    except (OSError, RuntimeError) as exc:
+        raise ModelUnavailable(
+            f"model {source.label!r} cannot be loaded: open_clip could not load it ({exc})"
+        ) from exc
+    return model, source
+
+
+def _cached_openclip_weights(cfg: dict[str, Any]) -> str | None:
+    """The file open_clip would load for a tag, when a local cache already holds it.
+
+    Same order as open_clip's own download: the hub repo's safetensors alternative, then the
+    named file (``org/repo/`` means open_clip's default file name), then the URL's download cache.
+    """
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
     if cfg.get("hf_hub"):
-        repo, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" means open_clip's default file name
-        filename = filename or "open_clip_pytorch_model.bin"
-        alternatives = {
-            filename,
-            "open_clip_model.safetensors",
-            Path(filename).with_suffix(".safetensors").name,
-        }
-        return _hub_cached(repo, *alternatives)
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        if filename == HF_WEIGHTS_NAME:
+            candidates = [HF_SAFE_WEIGHTS_NAME, filename]
+        elif filename.endswith((".bin", ".pth")):
+            candidates = [f"{filename[:-4]}.safetensors", filename]
+        else:
+            candidates = [filename]
+        cached = _hub_cached_file(repo, *candidates)
+        if cached is not None:
+            return cached
     url = cfg.get("url", "")
-    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+    path = Path.home() / ".cache" / "clip" / os.path.basename(url)
+    return str(path) if url and path.is_file() else None
 
 
-def _hub_cached(repo: str, *filenames: str) -> bool:
+def _hub_cached_file(repo: str, *filenames: str) -> str | None:
+    """The first of ``filenames`` that the local Hugging Face cache holds for ``repo``."""
     from huggingface_hub import try_to_load_from_cache
 
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in filenames)
+    for filename in filenames:
+        path = try_to_load_from_cache(repo, filename)
+        if isinstance(path, str):
+            return path
+    return None
 
 
-def _openclip_unavailable(label: str, source: str) -> ModelUnavailable:
+def _openclip_unavailable(label: str, source: str, instead: str) -> ModelUnavailable:
     return ModelUnavailable(
         f"model {label!r} cannot be loaded: its weights ({source}) are not in the local cache and the hub "
-        f"is offline. Download the weights file where a hub is reachable and name it instead, e.g. "
-        f"'openclip:<arch>//abs/path/open_clip_model.safetensors', or use a built-in model "
-        f"(see `python -m tools.models`)."
+        f"is offline. Download them where a hub is reachable and name the local copy instead, e.g. "
+        f"'{instead}', or use a built-in model (see `python -m tools.models`)."
     )

@@ -12,21 +12,16 @@ Both return float32 numpy arrays of unit vectors, shape (N, 384).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
+from kb.encoders import TextEncoder, encoder_fingerprint
 
-class TextEncoder(Protocol):
-    name: str
-    dim: int
-
-    def encode(self, texts: Sequence[str], kind: str = "passage") -> np.ndarray: ...
+__all__ = ["E5Encoder", "MiniLMEncoder", "TextEncoder", "encoder_fingerprint"]
 
 
 class MiniLMEncoder:
@@ -100,15 +95,3 @@ class E5Encoder:
         if kind == "query":
             return np.stack([self.model.query(t) for t in texts]).astype(np.float32)
         return np.asarray(self.model.passage(list(texts)), dtype=np.float32).reshape(len(texts), self.dim)
-
-
-def encoder_fingerprint(encoder: TextEncoder) -> str:
-    """Stable id of an encoder's weights, so stores and caches rebuild when they change."""
-    model_dir = getattr(encoder, "model_dir", None)
-    digest = hashlib.sha256(encoder.name.encode())
-    if model_dir is not None:
-        weights = Path(model_dir) / "model.safetensors"
-        if weights.is_file():
-            stat = weights.stat()
-            digest.update(f"{stat.st_size}:{int(stat.st_mtime)}".encode())
-    return f"{encoder.name}@{digest.hexdigest()[:12]}"

@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kb.build import store_for
-from kb.candidates import CandidateBuilder, CandidateSet
+from kb.candidates import CandidateSet
+from kb.cli_args import add_candidate_arguments, add_dataset_arguments
 from kb.dataset import Dataset, load_dataset
 from kb.errors import DatasetError, ImageError
 from kb.images import load_rgb, to_tensor
 from kb.records import Mention
+from kb.runcore.items import candidate_builder
 from tools.scorers.mcr import MCRConfig, MCRScorer, infonce
 
 
@@ -86,7 +87,7 @@ def train_image(
 ) -> list[float]:
     with_images = []
     for mention, labels, gold in examples:
-        if mention.image_path is None or not mention.image_path.is_file():
+        if not mention.has_image:
             continue
         try:
             with_images.append(
@@ -143,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--limit", type=int, default=None, help="train on N mentions (seeded sample)")
+    # Training reads the train split: the one command whose --split default is not test.
+    add_dataset_arguments(
+        parser, split_default="train", with_images=False, limit_help="train on N mentions (seeded sample)"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--weight-decay", type=float, default=0.001)
@@ -155,11 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tau", type=float, default=None, help="fix InfoNCE's temperature (default: learnable)"
     )
-    parser.add_argument("--candidates", type=int, default=10)
     parser.add_argument("--image-model", default="tagger")
     parser.add_argument("--text-model", default="minilm")
     parser.add_argument("--folds", type=int, default=0, help="K-fold cross-validation first (0: off)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_candidate_arguments(parser, seeds=False)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.split != "train":
@@ -172,10 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     random.Random(args.seed).shuffle(mentions)
-    pictured = [m for m in mentions if m.image_path is not None and m.image_path.is_file()]
+    pictured = [m for m in mentions if m.has_image]
     mentions = mentions[: args.limit] if args.limit else mentions
-    store = store_for(dataset)
-    builder = CandidateBuilder(dataset.entities, store.vectors(sorted(dataset.entities)))
+    builder = candidate_builder(dataset)
     examples = labelled(mentions, builder.build_all(mentions, args.candidates, args.seed), dataset)
     image_examples = labelled(pictured, builder.build_all(pictured, args.candidates, args.seed), dataset)
     config = MCRConfig(

@@ -21,8 +21,9 @@ loop) calls ``forward`` the same way whatever the task:
   embedding by element-wise addition, then normalised; cosine against the candidates.
 * ``t2t``: the context embedding alone against the candidates (no image; a text baseline).
 
-Which family supports which task is declared in ``SUPPORTED_TASKS`` below; a new scorer family
-(the image tagger, MCR) adds its row there and subclasses ``Scorer``.
+Which family supports which task, and its candidate-text template, is declared in the family
+table (``tools.scorers.families``); a new scorer family (the image tagger, MCR) adds its row
+there and subclasses ``Scorer``.
 """
 
 from __future__ import annotations
@@ -34,41 +35,16 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-Task = Literal["i2t", "it2t", "t2t"]
-TASKS: tuple[Task, ...] = get_args(Task)
-
-SUPPORTED_TASKS: dict[str, tuple[Task, ...]] = {
-    # Dual encoders (tools/scorers/clip_family.py): one text encoder shared by context and
-    # candidates, so all three tasks are defined.
-    "clip": TASKS,
-    "siglip": TASKS,
-    "align": TASKS,
-    "blip": TASKS,
-    "flava": TASKS,
-    "owlvit": TASKS,
-    "chineseclip": TASKS,
-    "openclip": TASKS,
-    # "tagger": ..., "mcr": ...  -- added by the modules that implement them.
-}
-"""Name prefix (scorer family) -> the tasks its scorers accept."""
-
-PROMPT_TEMPLATE = "a photo of {}"
-"""Candidate text of paper 000: 'we construct all candidates in the format of "a photo of <candidate>"'."""
-
-
-FAMILY_TEMPLATES: dict[str, str] = {"mcr": "{}"}
-"""Families whose candidate text is not paper 000's prompt (MCR reads bare labels, paper 003)."""
-
-
-def template_for(scorer_name: str) -> str:
-    """The candidate-text template of a scorer, known from its name before it is loaded."""
-    family = scorer_name.partition(":")[0].partition("+")[0]
-    return FAMILY_TEMPLATES.get(family, PROMPT_TEMPLATE)
-
-
-def candidate_prompt(label: str, template: str = PROMPT_TEMPLATE) -> str:
-    """The text a scorer compares against: the paper's prompt around an entity label."""
-    return template.format(label)
+# Task, TASKS, PROMPT_TEMPLATE, candidate_prompt and template_for are defined with the family
+# table and stay importable from here (eval.run, the tagger and MCR import them from base).
+from tools.scorers.families import (  # noqa: F401
+    PROMPT_TEMPLATE,
+    TASKS,
+    Task,
+    candidate_prompt,
+    supported_tasks,
+    template_for,
+)
 
 
 def fuse_it2t(image: torch.Tensor, text: torch.Tensor, normalize_inputs: bool = True) -> torch.Tensor:
@@ -320,7 +296,7 @@ class Scorer(torch.nn.Module, ABC):
     """Base of every scorer: a family, a name, a task, and the (B, n) logits ``forward``.
 
     ``name`` says exactly which model it is (``clip:openai/clip-vit-base-patch32``); its prefix
-    before the first colon is the ``family`` that ``SUPPORTED_TASKS`` and ``load_scorer`` key on.
+    before the first colon is the ``family`` whose row in ``families.FAMILIES`` says its tasks.
     """
 
     def __init__(self, name: str, family: str, task: Task = "i2t") -> None:
@@ -331,10 +307,7 @@ class Scorer(torch.nn.Module, ABC):
 
     @property
     def supported_tasks(self) -> tuple[Task, ...]:
-        try:
-            return SUPPORTED_TASKS[self.family]
-        except KeyError as exc:
-            raise NotImplementedError(f"scorer family {self.family!r} has no row in SUPPORTED_TASKS") from exc
+        return supported_tasks(self.family)
 
     @property
     def task(self) -> Task:

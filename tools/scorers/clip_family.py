@@ -27,10 +27,11 @@ name prefix    model class                           logit scale (cosine x scale
 
 Names: ``<prefix>:<hub id or local dir>``; for open_clip ``openclip:<arch>/<pretrained tag or
 weights file>``, ``openclip:<local dir with open_clip_config.json>`` or ``openclip:hf-hub:<repo>``.
-Loading goes through ``tools.hub`` so a hub id that is not available offline raises
-``ModelUnavailable`` at once. Image size, crop, interpolation, mean and std come from the
-saved image-processor config (open_clip: the model's preprocess config) when there is one, else
-from the architecture's defaults below.
+Loading goes through ``tools.hub`` (open_clip names through ``tools.registry.create_openclip``,
+the resolver the model registry uses too, which applies a pretrained tag's QuickGELU), so a hub
+id that is not available offline raises ``ModelUnavailable`` at once. Image size, crop,
+interpolation, mean and std come from the saved image-processor config (open_clip: the model's
+preprocess config) when there is one, else from the architecture's defaults below.
 
 Text embeddings (candidates and contexts) go through ``TextEmbeddingCache`` keyed by a
 fingerprint of the weights and tokenizer settings; they carry no gradient. The image embedding
@@ -40,7 +41,6 @@ is differentiable down to the pixels.
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.hub import ModelUnavailable, load_pretrained, offline, unavailable
+from tools.hub import ModelUnavailable, load_pretrained, unavailable
 from tools.scorers.base import (
     CLIP_MEAN,
     CLIP_STD,
@@ -280,17 +280,17 @@ class OpenClipAdapter(DualEncoderAdapter):
         )
 
     def load(self, spec: str) -> tuple[torch.nn.Module, Any, PixelPreprocess]:
+        """Through ``tools.registry.create_openclip``, the one open_clip resolver (a tag brings its
+        QuickGELU and, offline, its cached weights file or an immediate ``ModelUnavailable``)."""
         import open_clip
 
-        name = f"{self.family}:{spec}"
-        model_name, pretrained, force_cfg = _resolve_open_clip(name, spec)
+        from tools.registry import create_openclip
+
+        model, source = create_openclip(spec)
         try:
-            model = open_clip.create_model(
-                model_name, pretrained=pretrained, force_preprocess_cfg=force_cfg, require_pretrained=True
-            )
-            tokenizer = open_clip.get_tokenizer(model_name)
+            tokenizer = open_clip.get_tokenizer(source.model_name)
         except (OSError, RuntimeError) as exc:
-            raise unavailable(name, f"open_clip could not load it ({exc})") from exc
+            raise unavailable(source.label, f"open_clip could not load its tokenizer ({exc})") from exc
         return model, tokenizer, self.default_preprocess(model)
 
     def save(
@@ -300,75 +300,6 @@ class OpenClipAdapter(DualEncoderAdapter):
             "open_clip scorers load from a directory holding open_clip_config.json and the weights; "
             "copy that directory instead"
         )
-
-
-def _resolve_open_clip(name: str, spec: str) -> tuple[str, str | None, dict[str, Any] | None]:
-    """(model_name, pretrained, forced preprocess cfg) for ``open_clip.create_model``.
-
-    Offline, a pretrained tag resolves to its locally cached weights file (whose preprocessing
-    is forced from the tag, as a tag load would set it) or raises ``ModelUnavailable`` at once,
-    instead of open_clip retrying the hub for a minute.
-    """
-    import open_clip
-
-    if spec.startswith("local-dir:"):
-        return spec, None, None
-    if Path(spec).expanduser().is_dir():
-        return f"local-dir:{Path(spec).expanduser()}", None, None
-    if spec.startswith("hf-hub:"):
-        if not offline():
-            return spec, None, None
-        from huggingface_hub import try_to_load_from_cache
-
-        config = try_to_load_from_cache(spec.removeprefix("hf-hub:"), "open_clip_config.json")
-        if not isinstance(config, str):
-            raise unavailable(name, "no local copy and the hub is offline")
-        return f"local-dir:{Path(config).parent}", None, None
-
-    arch, _, pretrained = spec.partition("/")
-    if not pretrained:
-        raise ValueError(f"{name!r}: write openclip:<arch>/<pretrained tag or weights file>")
-    if arch.replace("/", "-") not in open_clip.list_models():
-        raise ValueError(f"{name!r}: unknown open_clip architecture {arch!r}")
-    if os.path.isfile(pretrained):
-        return arch, pretrained, None
-    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
-    if not tag_cfg:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise ValueError(f"{name!r}: {pretrained!r} is neither a file nor one of {arch}'s tags {tags}")
-    if not offline():
-        return arch, pretrained, None
-    weights = _cached_open_clip_weights(tag_cfg)
-    if weights is None:
-        source = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "the hub"
-        raise unavailable(
-            name,
-            f"no local copy of its weights ({source}) and the hub is offline; with the weights file "
-            f"at PATH, name it openclip:{arch}/PATH",
-        )
-    keys = ("mean", "std", "interpolation", "resize_mode")
-    return arch, weights, {k: tag_cfg[k] for k in keys if k in tag_cfg}
-
-
-def _cached_open_clip_weights(tag_cfg: Mapping[str, Any]) -> str | None:
-    """The file open_clip would have downloaded for a tag, if a cache already holds it."""
-    from open_clip.constants import HF_WEIGHTS_NAME
-
-    if tag_cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = os.path.split(tag_cfg["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        stem = filename.rsplit(".", 1)[0]
-        for candidate in (f"{stem}.safetensors", "open_clip_model.safetensors", filename):
-            path = try_to_load_from_cache(repo, candidate)
-            if isinstance(path, str):
-                return path
-    if tag_cfg.get("url"):
-        path = Path("~/.cache/clip").expanduser() / os.path.basename(tag_cfg["url"])
-        if path.is_file():
-            return str(path)
-    return None
 
 
 ADAPTERS: dict[str, DualEncoderAdapter] = {

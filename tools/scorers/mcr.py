@@ -31,11 +31,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tools.scorers.base import SUPPORTED_TASKS, TASKS, Scorer, Task, candidate_prompt
+from tools.scorers.base import Scorer, Task, candidate_prompt
+from tools.scorers.families import template_for
 
-SUPPORTED_TASKS["mcr"] = TASKS
-LABEL_TEMPLATE = "{}"
-"""MCR's candidate text is the bare entity label (paper 003, section 4.3)."""
+LABEL_TEMPLATE = template_for("mcr")
+"""MCR's candidate text is the bare entity label (paper 003, section 4.3); its family row says so."""
 
 
 @dataclass(frozen=True)

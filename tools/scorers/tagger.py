@@ -27,8 +27,6 @@ import torch.nn.functional as F
 from tools import registry
 from tools.scorers.base import (
     HALF,
-    SUPPORTED_TASKS,
-    TASKS,
     PixelPreprocess,
     Scorer,
     Task,
@@ -38,7 +36,6 @@ from tools.scorers.base import (
 from tools.scorers.text_cache import TextEmbeddingCache
 from tools.text_encoders import encoder_fingerprint
 
-SUPPORTED_TASKS["tagger"] = TASKS
 CLASS_PROMPT = "a photo of a {}"
 TEXT_ENCODERS = {"minilm": "minilm", "e5": "e5-small"}
 

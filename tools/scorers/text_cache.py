@@ -9,17 +9,17 @@ so a re-trained or differently tokenised model never reads another model's vecto
 
 Layout: one SQLite file per model fingerprint under the cache directory
 (``$MEL_CACHE_DIR/text_embeddings``, default ``~/.cache/melrobust/text_embeddings``), table
-``embeddings(text PRIMARY KEY, vector BLOB)`` holding raw (unnormalised) float32 vectors. SQLite
-in WAL mode lets many processes read while one writes; writes are ``INSERT OR IGNORE`` because
-two processes that encode the same text with the same model store the same vector. An
-in-process LRU in front of SQLite makes repeated lookups (an attack's 20-75 steps) free.
+``embeddings(text PRIMARY KEY, vector BLOB)`` holding raw (unnormalised) float32 vectors, and
+``meta`` naming the fingerprint, stored through ``kb.blob_cache.BlobCache``: SQLite in WAL mode
+lets many processes read while one writes; writes are ``INSERT OR IGNORE`` because two
+processes that encode the same text with the same model store the same vector. An in-process
+LRU in front of SQLite makes repeated lookups (an attack's 20-75 steps) free.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import sqlite3
 import threading
@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kb.blob_cache import BlobCache
 from kb.cache import cache_dir
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 500  # SQL variables per query, well under every SQLite build's limit
 
 
 def default_cache_dir() -> Path:
@@ -80,8 +79,7 @@ class TextEmbeddingCache:
         self.directory = None if directory is None else Path(directory).expanduser()
         self.memory_items = memory_items
         self._memory: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._connections: dict[str, sqlite3.Connection] = {}
-        self._pid = os.getpid()
+        self._stores: dict[str, BlobCache] = {}
         self._lock = threading.RLock()
 
     @classmethod
@@ -146,9 +144,9 @@ class TextEmbeddingCache:
 
     def close(self) -> None:
         with self._lock:
-            for connection in self._connections.values():
-                connection.close()
-            self._connections.clear()
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -160,55 +158,43 @@ class TextEmbeddingCache:
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
 
-    def _connection(self, fingerprint: str) -> sqlite3.Connection | None:
-        if os.getpid() != self._pid:  # a forked child must not reuse its parent's handles
-            self._connections = {}
-            self._pid = os.getpid()
-        connection = self._connections.get(fingerprint)
-        if connection is not None:
-            return connection
+    def _store(self, fingerprint: str) -> BlobCache | None:
+        """The fingerprint's SQLite file, opened once (None, and memory only, when unusable)."""
+        store = self._stores.get(fingerprint)
+        if store is not None:
+            return store
         assert self.directory is not None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / fingerprint_file_name(fingerprint)
-            connection = sqlite3.connect(path, timeout=60.0, check_same_thread=False, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS embeddings (text TEXT PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID"
+            store = BlobCache(
+                self.directory / fingerprint_file_name(fingerprint),
+                table="embeddings",
+                key_column="text",
+                value_column="vector",
+                on_conflict="ignore",
+                timeout=60.0,
+                meta={"fingerprint": fingerprint},
             )
-            connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            connection.execute("INSERT OR IGNORE INTO meta VALUES ('fingerprint', ?)", (fingerprint,))
         except (OSError, sqlite3.Error) as exc:
             log.warning(
                 "text-embedding cache at %s unusable (%s); keeping embeddings in memory", self.directory, exc
             )
             self.directory = None
             return None
-        self._connections[fingerprint] = connection
-        return connection
+        self._stores[fingerprint] = store
+        return store
 
     def _read(self, fingerprint: str, texts: list[str]) -> dict[str, np.ndarray]:
-        connection = self._connection(fingerprint)
-        if connection is None:
+        store = self._store(fingerprint)
+        if store is None:
             return {}
-        found: dict[str, np.ndarray] = {}
-        for start in range(0, len(texts), _CHUNK):
-            chunk = texts[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = connection.execute(f"SELECT text, vector FROM embeddings WHERE text IN ({marks})", chunk)
-            for text, blob in rows:
-                found[text] = np.frombuffer(blob, dtype=np.float32)
-        return found
+        return store.get_many(texts, dtype=np.float32)  # type: ignore[return-value]
 
     def _write(self, fingerprint: str, texts: Sequence[str], vectors: np.ndarray) -> None:
-        connection = self._connection(fingerprint)
-        if connection is None:
+        store = self._store(fingerprint)
+        if store is None:
             return
-        rows = [(text, vector.tobytes()) for text, vector in zip(texts, vectors, strict=True)]
         try:
-            with connection:  # one transaction
-                connection.execute("BEGIN IMMEDIATE")
-                connection.executemany("INSERT OR IGNORE INTO embeddings VALUES (?, ?)", rows)
+            store.put_many(zip(texts, vectors, strict=True), dtype=np.float32)
         except sqlite3.Error as exc:
-            log.warning("could not store %d text embeddings in %s: %s", len(rows), self.directory, exc)
+            log.warning("could not store %d text embeddings in %s: %s", len(texts), self.directory, exc)
