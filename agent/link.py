@@ -127,6 +127,7 @@ def decision_record(final: dict[str, Any], thread: str, seconds: float) -> dict[
         "correct": bool(final.get("correct")),
         "rank": rank,
         "gold_in_candidates": gold in ranking,
+        "prerank_scores": final["prerank"]["scores"],  # Model*: the pre-ranker on enriched descriptions
         "decided_by": final["decided_by"],
         "judge": judge_status(final),
         "node_seconds": {step["node"]: step["seconds"] for step in final.get("steps", [])},

@@ -4,7 +4,11 @@ returns only the keys it owns plus one ``steps`` entry (node, seconds, a summary
 
 A failing model or service never ends a decision: the describer falls back to no
 descriptors, the wiki to the offline replica and then the KB text, the LLM writer to the
-evidence's first sentence, the judge to the pre-ranker; each fallback is recorded.
+evidence's first sentence, the judge to the pre-ranker; each fallback is recorded. With
+``AgentSettings.spotlight`` on, retrieved text reaches the writer and the judge fenced and
+datamarked (``agent.spotlight``), and a written description that addresses the reader or gives
+orders is replaced by the evidence's first sentence (a recorded fallback). The judge node's
+work (constrained answer, distribution, fusion) is in ``agent.judge``.
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from langgraph.runtime import Runtime
+from pydantic import ConfigDict
+from pydantic.json_schema import SkipJsonSchema
 
 from agent.candidate_store import evidence_digest
-from agent.prompts import ENRICH_PROMPT_VERSION, enrich_messages, judge_messages
+from agent.prompts import ENRICH_PROMPT_VERSIONS, enrich_messages
 from agent.resources import Resources, load_pixels
+from agent.spotlight import instruction_cues, unmark
 from agent.state import Candidate, LinkState
 
 SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]\"'][.!?])\s+(?=[A-Z\"'])")
@@ -30,18 +37,33 @@ capital: "the U.S. federal government" and "Dr. Who" are not cut."""
 
 @dataclass
 class AgentContext:
-    """What a run passes beside the state (never checkpointed): the loaded resources."""
+    """What a run passes beside the state (never checkpointed): the loaded resources.
 
-    resources: Resources
+    A caller in this process hands its ``Resources`` over (``AgentContext(resources)``). LangGraph's
+    server (``langgraph dev``) builds the context itself from the JSON a run sends, which can only
+    carry ``dataset``: the resources are then the environment's (``default_resources``: the KB of
+    ``dataset``, else ``$MEL_AGENT_DATASET``, else ``demo``; ``MEL_LLM_*`` and the other settings),
+    looked up by the first node that needs them, never in the server's event loop. ``resources`` is
+    left out of the context's JSON schema, so Studio offers ``dataset`` alone.
+    """
+
+    __pydantic_config__ = ConfigDict(arbitrary_types_allowed=True)  # for the schema LangGraph derives
+
+    resources: SkipJsonSchema[Resources | None] = None
+    dataset: str | None = field(
+        default=None,
+        metadata={"description": "the dataset whose KB the agent links against (default $MEL_AGENT_DATASET, else demo)"},
+    )
 
 
 def _resources(runtime: Runtime[AgentContext]) -> Resources:
-    """The run's resources; without a context (``langgraph dev``) the environment's defaults."""
-    if runtime.context is not None:
-        return runtime.context.resources
+    """The run's resources: the context's own, else the environment's (``langgraph dev``)."""
+    context = runtime.context
+    if context is not None and context.resources is not None:
+        return context.resources
     from agent.resources import default_resources
 
-    return default_resources()
+    return default_resources(context.dataset if context is not None else None)
 
 
 def _step(node: str, started: float, **summary: Any) -> dict[str, Any]:
@@ -216,15 +238,19 @@ def _candidate_records(state: LinkState, qid: str, label: str) -> list[dict]:
 
 def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Stage 2b: the LLM writes one sentence-level description per candidate from its evidence
-    (read from the store when the same evidence was described by the same model before)."""
+    (read from the store when the same evidence was described by the same model before). With
+    spotlighting on, the evidence is fenced and datamarked, and a description that carries
+    instructions (stored or new) is replaced by the evidence's first clean sentence."""
     started = time.perf_counter()
     res = _resources(runtime)
     limit = res.settings.evidence_chars
+    spotlight = res.settings.spotlight
+    version = ENRICH_PROMPT_VERSIONS[spotlight]
     records = {c["qid"]: _candidate_records(state, c["qid"], c["label"]) for c in state["candidates"]}
+    texts = {q: [r["text"][:limit] for r in rs if r.get("text")] for q, rs in records.items()}
     model_name = res.llm.name
     ids = {
-        q: res.store.description_id(q, evidence_digest(r), model_name, ENRICH_PROMPT_VERSION)
-        for q, r in records.items()
+        q: res.store.description_id(q, evidence_digest(r), model_name, version) for q, r in records.items()
     }
     descriptions = res.store.get_descriptions(ids)
     origin = {q: "store" for q in descriptions}
@@ -234,14 +260,14 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         qid, label = candidate["qid"], candidate["label"]
         if qid in descriptions:
             continue
-        texts = [r["text"][:limit] for r in records[qid] if r.get("text")]
         try:
-            reply = res.llm.chat(enrich_messages(label, qid, texts), temperature=0.0, max_tokens=80)
-            sentence = _first_sentence(reply.text)
+            messages = enrich_messages(label, qid, texts[qid], spotlight)
+            reply = res.llm.chat(messages, temperature=0.0, max_tokens=80)
+            sentence = _first_sentence(unmark(reply.text) if spotlight else reply.text)
             if not sentence:
                 raise ValueError("empty answer")
         except Exception as exc:  # noqa: BLE001 - the evidence speaks for itself then
-            descriptions[qid] = _first_sentence(texts[0]) if texts else label
+            descriptions[qid] = _evidence_sentence(texts[qid], label, spotlight)
             origin[qid] = f"fallback: {_short(exc)}"
             fallbacks.append(f"enrich {qid}: {_short(exc)}; first evidence sentence used")
             continue
@@ -249,15 +275,35 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         origin[qid] = "llm"
         digest = evidence_digest(records[qid])
         # Keyed by the name after the call: a server's model is known once it has answered.
-        written[qid] = (res.store.description_id(qid, digest, res.llm.name, ENRICH_PROMPT_VERSION), sentence)
+        written[qid] = (res.store.description_id(qid, digest, res.llm.name, version), sentence)
+    if spotlight:
+        for candidate in state["candidates"]:
+            qid, label = candidate["qid"], candidate["label"]
+            cues = instruction_cues(descriptions[qid], label) if origin[qid] in ("llm", "store") else []
+            if cues:
+                shown = ", ".join(repr(c) for c in cues[:3])
+                descriptions[qid] = _evidence_sentence(texts[qid], label, spotlight)
+                origin[qid] = f"fallback: instructions in the written description ({shown})"
+                fallbacks.append(
+                    f"enrich {qid}: written description carries instructions ({shown}); first evidence sentence used"
+                )
     model_name = res.llm.name
     res.store.put_descriptions(written, model_name)
     return {
         "descriptions": descriptions,
         "description_origin": origin,
         "fallbacks": fallbacks,
-        "steps": [_step("enrich", started, written=sorted(written), model=model_name)],
+        "steps": [_step("enrich", started, written=sorted(written), model=model_name, spotlight=spotlight)],
     }
+
+
+def _evidence_sentence(texts: Sequence[str], label: str, screen: bool) -> str:
+    """The evidence's own first sentence (the writer's stand-in); when ``screen``, the first of
+    its sentences that gives no orders (``agent.spotlight.instruction_cues``), else the label."""
+    if not screen:
+        return _first_sentence(texts[0]) if texts else label
+    sentences = (s[:300] for text in texts for s in SENTENCE_END.split(" ".join(text.split())) if s)
+    return next((s for s in sentences if not instruction_cues(s, label)), label)
 
 
 # ------------------------------------------------------------------------------ prerank
@@ -300,6 +346,7 @@ def prerank(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     threshold = res.settings.skip_judge_margin
     decisive = threshold is not None and margin >= threshold
     result = {
+        "qids": [c["qid"] for c in candidates],
         "scores": scores,
         "probabilities": [round(float(p), 5) for p in probabilities],
         "order": [candidates[i]["qid"] for i in order],
@@ -326,79 +373,12 @@ def route_after_prerank(state: LinkState) -> str:
 
 
 def judge(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """The LLM (or VLM, which also sees the pixels) picks among the top-k pre-ranked candidates
-    with paper 000's question; an unusable answer falls back to the pre-ranker."""
-    from tools.llm.answers import parse_choice
+    """The LLM (or VLM, which also sees the pixels) answers paper 000's question over the top-k
+    pre-ranked candidates as a distribution, fused with the pre-ranker's (``agent.judge``); an
+    unusable answer falls back to the pre-ranker."""
+    from agent.judge import judge_node
 
-    started = time.perf_counter()
-    res = _resources(runtime)
-    settings = res.settings
-    labels = _labels(state)
-    shortlist = state["prerank"]["order"][: settings.judge_top_k]
-    words = settings.judge_description_words
-    options = [(labels[q], _clip_words(state["descriptions"].get(q, ""), words)) for q in shortlist]
-    image_part = _image_part(state) if res.vlm is not None else None
-    messages = judge_messages(
-        settings.task, options, state["descriptors"]["words"], state["sentence"], state["mention"], image_part
-    )
-    model = res.vlm or res.llm
-    record: dict[str, Any] = {"shortlist": shortlist, "model": model.name, "prompt": _prompt_text(messages)}
-    fallbacks: list[str] = []
-    try:
-        reply = model.chat(messages, temperature=settings.llm.temperature, max_tokens=16)
-        record.update(raw=reply.text, seconds=round(reply.seconds, 3), attempts=reply.attempts)
-        choice = parse_choice(reply.text, [label for label, _ in options])
-        if choice is None:
-            raise ValueError(f"no candidate index in the answer {reply.text[:80]!r}")
-        record.update(choice=choice, decision=shortlist[choice], fallback=None)
-    except Exception as exc:  # noqa: BLE001 - the pre-ranker decides then
-        record.update(choice=None, decision=shortlist[0], fallback=_short(exc))
-        fallbacks.append(f"judge: {_short(exc)}; pre-ranker's top candidate used")
-    return {
-        "judge": record,
-        "fallbacks": fallbacks,
-        "steps": [
-            _step(
-                "judge",
-                started,
-                decision=record["decision"],
-                raw=record.get("raw"),
-                fallback=record["fallback"],
-            )
-        ],
-    }
-
-
-def _clip_words(text: str, limit: int) -> str:
-    words = text.split()
-    return text if len(words) <= limit else " ".join(words[:limit]) + " …"
-
-
-def _prompt_text(messages: list[dict[str, Any]]) -> str:
-    parts = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = "\n".join(p.get("text", "[image]") for p in content)
-        parts.append(f"[{message['role']}] {content}")
-    return "\n".join(parts)
-
-
-def _image_part(state: LinkState) -> dict[str, Any] | None:
-    """The image as an OpenAI ``image_url`` content part (a PNG data URI) for a VLM judge."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    if state.get("image") is None:
-        return None
-    pixels = load_pixels(state["image"])
-    array = pixels.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array, "RGB").save(buffer, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    return {"type": "image_url", "image_url": {"url": url}}
+    return judge_node(state, _resources(runtime))
 
 
 # ------------------------------------------------------------------------------ answer

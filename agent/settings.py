@@ -30,7 +30,15 @@ class AgentSettings(MelSettings):
     so every decision is the LLM's). ``judge_top_k``: how many pre-ranked candidates the judge
     sees, each description cut to ``judge_description_words`` words (the prompt is what the
     embedded judge spends its time reading; paper 000 gives no length). ``task``: ``i2t`` (image only) or ``it2t`` (image + caption), paper 000's two tasks.
-    Read from ``MEL_AGENT_SCORER``, ``MEL_AGENT_TASK``, ``MEL_AGENT_SKIP_JUDGE_MARGIN`` and
+    ``judge_weight``: w of the log-linear fusion p ∝ p_pre^(1 − w) · p_judge^w (``agent.judge``;
+    0: the pre-ranker alone, 1: the judge alone); ``agent.calibrate`` chooses it and
+    ``skip_judge_margin`` on a dev split. ``judge_structured_choice``: also send vLLM's
+    structured-output ``choice`` to an OpenAI-compatible judge (vLLM only; others may refuse it).
+    ``spotlight``: fence and datamark retrieved text in the writer's and judge's prompts and
+    screen written descriptions for instructions (``agent.spotlight``; off only to measure
+    what the defence does).
+    Read from ``MEL_AGENT_SCORER``, ``MEL_AGENT_TASK``, ``MEL_AGENT_SKIP_JUDGE_MARGIN``,
+    ``MEL_AGENT_JUDGE_WEIGHT``, ``MEL_AGENT_JUDGE_STRUCTURED_CHOICE``, ``MEL_AGENT_SPOTLIGHT`` and
     ``MEL_AGENT_DB`` (the checkpoint file); ``llm``, ``vlm`` and ``wiki`` from their own variables.
     """
 
@@ -41,6 +49,9 @@ class AgentSettings(MelSettings):
     judge_top_k: int = Field(default=5, ge=1, json_schema_extra=env(None))
     judge_description_words: int = Field(default=12, json_schema_extra=env(None))
     skip_judge_margin: float | None = None
+    judge_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    judge_structured_choice: bool = False
+    spotlight: bool = True
     descriptors: int = Field(default=5, json_schema_extra=env(None))
     ocr: bool = Field(default=True, json_schema_extra=env(None))
     evidence_chars: int = Field(default=600, json_schema_extra=env(None))
@@ -68,7 +79,8 @@ class AgentSettings(MelSettings):
 
     def identity(self) -> dict[str, Any]:
         """What of these settings changes a decision, for a run's ``config.json`` to pin: the
-        routing and describer fields, the LLM's and VLM's ``identity()`` and the wiki's; not
+        routing and describer fields (the judge's weight and margin, structured choice and
+        spotlighting among them), the LLM's and VLM's ``identity()`` and the wiki's; not
         timeouts, retries, API keys or where files are kept."""
         record = self.model_dump(exclude={"llm", "vlm", "wiki", "checkpoint_db"})
         record["llm"] = self.llm.identity()

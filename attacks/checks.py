@@ -10,9 +10,10 @@
   other eps rounding may add up to half a grey level and the bound is ``eps + 0.5/255``.
 * ``range``: every pixel of the float adversarial is in [0, 1].
 * ``finite``: no NaN or inf in the adversarial image.
-* ``grad_nonzero``: the cross-entropy gradient w.r.t. the clean pixels is not all zero
-  (computed once per batch on the clean input): a zero gradient means the attack is blind
-  (a non-differentiable step in the scorer, a detached preprocessing, saturated softmax).
+* ``grad_nonzero``: the attack's first gradient w.r.t. the pixels is not all zero (PGD/APGD:
+  the cross-entropy at the random start; CW: the margin term at the clean image): a zero
+  gradient means the attack is blind (a non-differentiable step in the scorer, a detached
+  preprocessing, saturated softmax). None for an image that was not attacked.
 * ``eval_mode``: no module of the scorer was in training mode (dropout / batch-norm
   statistics would make the attack and the evaluation see different models).
 
@@ -23,6 +24,7 @@ manifest and prints them to stderr.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -38,41 +40,50 @@ def png_bound(eps: float) -> float:
     return eps if on_grid else eps + 0.5 / 255
 
 
-def perturbation_norms(clean: torch.Tensor, adversarial: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image Linf and L2 of the float perturbation and of the 8-bit rounded one."""
-    delta = (adversarial - clean).flatten(1)
-    rounded = (quantize(adversarial) - clean).flatten(1)
-    return {
-        "linf": delta.abs().amax(dim=1),
-        "l2": delta.norm(dim=1),
-        "linf_png": rounded.abs().amax(dim=1),
-        "l2_png": rounded.norm(dim=1),
-    }
+def perturbation_norms(
+    clean: Sequence[torch.Tensor] | torch.Tensor,
+    adversarial: Sequence[torch.Tensor] | torch.Tensor,
+    quantized: Sequence[torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-image Linf and L2 of the float perturbation and of the 8-bit rounded one (images of
+    any sizes; ``quantized``: the rounded adversarials when already made)."""
+    rounded = quantized if quantized is not None else [quantize(x) for x in adversarial]
+    norms: dict[str, list[float]] = {"linf": [], "l2": [], "linf_png": [], "l2_png": []}
+    for x, adv, q in zip(clean, adversarial, rounded, strict=True):
+        delta = adv - x
+        norms["linf"].append(float(torch.linalg.vector_norm(delta, ord=math.inf)))
+        norms["l2"].append(float(torch.linalg.vector_norm(delta)))
+        delta = torch.sub(q, x, out=delta)
+        norms["linf_png"].append(float(torch.linalg.vector_norm(delta, ord=math.inf)))
+        norms["l2_png"].append(float(torch.linalg.vector_norm(delta)))
+    return {key: torch.tensor(values, dtype=torch.float64) for key, values in norms.items()}
 
 
 def batch_checks(
-    preset: Preset, clean: torch.Tensor, result: BatchResult, norms: dict[str, torch.Tensor] | None = None
+    preset: Preset,
+    clean: Sequence[torch.Tensor] | torch.Tensor,
+    result: BatchResult,
+    norms: dict[str, torch.Tensor] | None = None,
 ) -> list[dict[str, bool | None]]:
     """One dict of flags per image (see the module docstring)."""
-    adversarial = result.adversarial
-    norms = norms if norms is not None else perturbation_norms(clean, adversarial)
-    flat = adversarial.flatten(1)
-    in_range = ((flat >= 0) & (flat <= 1)).all(dim=1)
-    finite = torch.isfinite(flat).all(dim=1)
+    norms = norms if norms is not None else perturbation_norms(clean, result.adversarial, result.quantized)
     flags = []
-    for b in range(len(adversarial)):
+    for b, adversarial in enumerate(result.adversarial):
+        low, high = torch.aminmax(adversarial.detach())  # nan propagates: one pass for both flags
+        finite = bool(torch.isfinite(low) and torch.isfinite(high))
         if preset.eps is not None and preset.norm == "Linf":
             eps_float = bool(norms["linf"][b] <= preset.eps + FLOAT_SLACK)
             eps_png = bool(norms["linf_png"][b] <= png_bound(preset.eps) + FLOAT_SLACK)
         else:
             eps_float = eps_png = None
+        grad = float(result.grad_abs[b])
         flags.append(
             {
                 "eps_float": eps_float,
                 "eps_png": eps_png,
-                "range": bool(in_range[b]),
-                "finite": bool(finite[b]),
-                "grad_nonzero": bool(result.clean_grad_abs[b] > 0),
+                "range": finite and bool(low >= 0 and high <= 1),
+                "finite": finite,
+                "grad_nonzero": None if math.isnan(grad) else grad > 0,
                 "eval_mode": result.eval_mode,
             }
         )

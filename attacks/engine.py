@@ -1,107 +1,90 @@
-"""Run one preset on one batch of same-sized images, with torchattacks as the engine.
+"""Run one preset on one batch of images of any sizes, with torchattacks as the engine.
 
-What is taken from torchattacks as is, and what is fixed (read from the 3.3.0 source):
+The attacks (each module says what it changes from the torchattacks 3.3.0 source and why):
 
-* PGD: ``torchattacks.PGD`` (random start in the eps ball, ``alpha * sign(grad)`` of the
-  cross-entropy, projection, clamp to [0, 1]). The random start uses torch's global RNG, so
-  the engine seeds it with the run's seed before every batch.
-* APGD: ``torchattacks.APGD`` with ``loss="ce"`` (the seed paper maximises cross-entropy).
-  Its DLR loss reads the third-largest logit and so needs >= 3 candidates: ``build_attack``
-  refuses ``dlr`` with fewer. 3.3.0's APGD has no ``n_classes`` argument (only APGDT does);
-  the attribute is set to the candidate count anyway so no code path can assume 10 classes.
-  APGD returns the clean image for a sample it does not fool (AutoAttack's convention): the
-  manifest shows those with ``linf == 0`` and ``success == False``.
-* CW: ``FixedCW`` subclasses ``torchattacks.CW``. The stock f-function takes
-  ``max((1 - onehot) * Z)`` as the best other logit, which is 0 whenever all other logits are
-  negative, as scaled-cosine logits of CLIP-style models often are (torchattacks issue #184);
-  ``FixedCW.f`` is paper eq. 4, ``max(Z_y - max_{i != y} Z_i, -kappa)``, with the other logits
-  masked by -inf. Also changed: gradients go to ``w`` only (``autograd.grad``, the scorer's
-  parameters get no ``.grad``); the stock early stop compares the *batch's summed* cost, so a
-  batch would stop when one image stops, making results depend on batching, and is dropped
-  (every image runs all ``steps``, as Table 1 states); ``atanh`` of pixels at exactly 0 or 1
-  is infinite (their gradient vanishes for good), so pixels are pulled in by 1e-6 first.
-  Like stock CW it returns, per image, the misclassified iterate with the smallest L2, or the
-  clean image if none was misclassified.
-* Samples the scorer already misclassifies are not attacked at all and come back unchanged
-  (APGD and CW do that themselves; the engine applies it to every preset so a released set
-  is uniform). They are counted: ``already_misclassified`` in ``BatchResult``.
-* ``Attack.save`` casts to uint8 by truncation: never used (``attacks.output.write_png`` rounds).
+* PGD: ``attacks.pgd.RowPGD`` (``torchattacks.PGD``'s steps, per-image random start, summed CE);
+* APGD: ``attacks.apgd.RowAPGD`` with ``loss="ce"`` (the seed paper maximises cross-entropy);
+  DLR reads the third-largest logit and so needs >= 3 candidates: ``build_attack`` refuses
+  ``dlr`` with fewer. APGD returns the clean image for a sample it does not fool (AutoAttack's
+  convention): the manifest shows those with ``linf == 0`` and ``success == False``;
+* CW: ``attacks.cw.FixedCW`` (paper eq. 4's margin, no batch-level early stop), always float32.
+
+One batch (``attack_batch``):
+
+1. one no-grad forward on the clean images: the clean prediction and loss. Images the scorer
+   already gets wrong are not attacked at all and come back unchanged (APGD and CW do that
+   themselves; the engine applies it to every preset so a released set is uniform); they are
+   counted: ``already_misclassified``;
+2. the attack on the others, every random draw from (seed, mention id) (``attacks.seeding``);
+3. one no-grad forward on the float adversarials and one on their 8-bit rounding (``quantize``).
+
+That is ``steps`` forward-backward passes plus three forwards; the blind-attack check
+(``grad_nonzero``) reads the attack's first gradient instead of a probe of its own.
+
+``space="model-input"`` resizes and crops each image to the scorer's input outside the attack
+(with the scorer's own ``resize_crop``, then rounded to 8 bits, as the PIL pipeline of Cui et
+al.'s attack code produces), and the attack perturbs that (3, h, w) image; normalisation stays
+inside the scorer. Every image then has the same size. ``dtype`` runs PGD/APGD's scorer passes
+under autocast (CW and the clean and re-scoring passes stay float32).
+``Attack.save`` casts to uint8 by truncation: never used (``attacks.output.write_png`` rounds).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 import torchattacks
 
+from attacks.apgd import RowAPGD
+from attacks.cw import CW_PIXEL_MARGIN, FixedCW, cw_margin  # noqa: F401 - the engine's public names
+from attacks.pgd import RowPGD
 from attacks.presets import Preset
-from attacks.target import CandidateTarget
+from attacks.seeding import row_seeds
+from attacks.target import CandidateTarget, Images
 
-CW_PIXEL_MARGIN = 1e-6
-
-
-class FixedCW(torchattacks.CW):
-    """Carlini-Wagner L2 (paper eq. 3-4): Adam on tanh-space ``w``, correct f for any logit sign."""
-
-    def f(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cw_margin(outputs, labels, self.kappa, targeted=self.targeted)
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        images = images.clone().detach().to(self.device)
-        labels = labels.clone().detach().to(self.device)
-        goal = self.get_target_label(images, labels) if self.targeted else labels
-        inner = images.clamp(CW_PIXEL_MARGIN, 1 - CW_PIXEL_MARGIN)
-        w = self.inverse_tanh_space(inner).detach().requires_grad_(True)
-        best_adv = images.clone()
-        best_l2 = torch.full((len(images),), float("inf"), device=images.device)
-        optimizer = torch.optim.Adam([w], lr=self.lr)
-        shape = (-1,) + (1,) * (images.ndim - 1)
-        for _ in range(self.steps):
-            adv = self.tanh_space(w)
-            l2 = (adv - images).flatten(1).pow(2).sum(dim=1)
-            outputs = self.get_logits(adv)
-            cost = l2.sum() + self.c * self.f(outputs, goal).sum()
-            optimizer.zero_grad()
-            (w.grad,) = torch.autograd.grad(cost, [w])
-            optimizer.step()
-            with torch.no_grad():
-                pred = outputs.argmax(dim=1)
-                fooled = (pred == goal) if self.targeted else (pred != labels)
-                better = fooled & (l2 < best_l2)
-                best_l2 = torch.where(better, l2, best_l2)
-                best_adv = torch.where(better.view(shape), adv.detach(), best_adv)
-        return best_adv
+Space = Literal["pixels", "model-input"]
+SPACES: tuple[str, ...] = get_args(Space)
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
-def cw_margin(
-    outputs: torch.Tensor, labels: torch.Tensor, kappa: float, targeted: bool = False
-) -> torch.Tensor:
-    """Paper eq. 4 per row: ``max(Z_y - max_{i != y} Z_i, -kappa)`` (targeted: other minus target)."""
-    gold = outputs.gather(1, labels.view(-1, 1)).squeeze(1)
-    others = outputs.masked_fill(F.one_hot(labels, outputs.shape[1]).bool(), float("-inf"))
-    best_other = others.max(dim=1).values
-    margin = best_other - gold if targeted else gold - best_other
-    return margin.clamp(min=-kappa)
+def attack_dtype(preset: Preset, dtype: str) -> str:
+    """The dtype a preset really runs in: CW always float32 (fp16 overflows its tanh-space cost)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return "float32" if preset.method == "cw" else dtype
+
+
+def pad_rows(device: torch.device | str, batch_size: int) -> int:
+    """Rows every model call is padded to, so a row's bits never depend on its batch (see
+    ``attacks.target``): 2 on CPU (MKL's single-row path differs; gemm rows agree for any count),
+    the batch size on CUDA (cuBLAS/cuDNN pick kernels by shape; one shape, one kernel)."""
+    return max(2, batch_size) if torch.device(device).type == "cuda" else 2
 
 
 def build_attack(
     preset: Preset, target: CandidateTarget, seed: int = 0, loss: str = "ce"
 ) -> torchattacks.Attack:
-    """The torchattacks object for ``preset`` on ``target`` (images in [0, 1], no normalisation)."""
+    """The attack object for ``preset`` on ``target`` (images in [0, 1], no normalisation).
+
+    Called as ``attack(images, labels, seeds=..., stats=...)`` with a list of (3, H, W) images.
+    ``seed`` is unused by the row attacks (their seeds come per image) and kept for the API.
+    """
     if preset.method == "pgd":
-        return torchattacks.PGD(
-            target, eps=preset.eps, alpha=preset.alpha, steps=preset.steps, random_start=True
-        )
+        return RowPGD(target, eps=preset.eps, alpha=preset.alpha, steps=preset.steps, random_start=True)
     if preset.method == "apgd":
         if loss == "dlr" and target.n_classes < 3:
             raise ValueError(f"APGD's DLR loss needs >= 3 candidates, got {target.n_classes}")
-        attack = torchattacks.APGD(
-            target, norm="Linf", eps=preset.eps, steps=preset.steps, seed=seed, loss=loss
-        )
-        attack.n_classes = target.n_classes
+        attack = RowAPGD(target, norm="Linf", eps=preset.eps, steps=preset.steps, seed=seed, loss=loss)
+        attack.n_classes = target.n_classes  # 3.3.0's APGD has no n_classes argument (only APGDT)
         return attack
     return FixedCW(target, c=preset.c, kappa=preset.kappa, steps=preset.steps, lr=preset.lr)
 
@@ -110,67 +93,109 @@ def build_attack(
 class BatchResult:
     """Everything the engine knows about one attacked batch (row order = input order)."""
 
-    adversarial: torch.Tensor  # (B, 3, H, W) float in [0, 1]
+    clean: list[torch.Tensor]  # (3, H, W) each: the attacked space's clean images
+    adversarial: list[torch.Tensor]  # (3, H, W) each, float in [0, 1]
+    quantized: list[torch.Tensor]  # the adversarials rounded to 8 bits (what the PNG holds)
     clean_pred: torch.Tensor  # (B,) candidate index
     adv_pred: torch.Tensor  # (B,) on the float adversarial
     png_pred: torch.Tensor  # (B,) after 8-bit rounding
     already_misclassified: torch.Tensor  # (B,) bool
-    clean_grad_abs: torch.Tensor  # (B,) sum |d CE / d pixel| on the clean input
+    grad_abs: torch.Tensor  # (B,) sum |d loss / d pixel| at the attack's first iterate; nan: not attacked
     clean_loss: torch.Tensor  # (B,) CE on clean
     adv_loss: torch.Tensor  # (B,) CE on the float adversarial
     eval_mode: bool
     seconds: float
+    dtype: str = "float32"
+    space: str = "pixels"
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """What an 8-bit PNG stores: ``round(x * 255) / 255`` (round half to even, never truncation)."""
-    return torch.round(images.clamp(0, 1) * 255) / 255
+    return images.clamp(0, 1).mul_(255).round_().div_(255)
+
+
+def to_model_input(scorer: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) -> the scorer's (3, h, w) input in [0, 1], on the 8-bit grid (``space="model-input"``)."""
+    preprocess = scorer.pixel_preprocess() if hasattr(scorer, "pixel_preprocess") else None
+    if preprocess is None:
+        name = getattr(scorer, "name", type(scorer).__name__)
+        raise ValueError(f"{name} has no fixed-size preprocessing: --space model-input needs one")
+    with torch.no_grad():
+        return quantize(preprocess.resize_crop(image.unsqueeze(0).float()))[0]
 
 
 def attack_batch(
     scorer: torch.nn.Module,
     preset: Preset,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     candidate_texts: Sequence[Sequence[str]],
     texts: Sequence[str] | None = None,
     seed: int = 0,
+    ids: Sequence[str] | None = None,
+    *,
+    space: str = "pixels",
+    dtype: str = "float32",
+    min_rows: int = 2,
 ) -> BatchResult:
-    """Attack a (B, 3, H, W) batch as one tensor; rows the scorer already gets wrong are left alone."""
-    import time
+    """Attack B images (a list of (3, H, W) of any sizes, or a (B, 3, H, W) tensor) as one batch.
 
+    ``ids`` name the rows for their random draws (mention ids; default ``row0, row1, ...``);
+    rows the scorer already gets wrong are left alone.
+    """
+    if space not in SPACES:
+        raise ValueError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
     started = time.perf_counter()
     scorer.eval()
-    target = CandidateTarget(scorer, texts, candidate_texts).eval()
-    images = images.detach().to(next(scorer.parameters()).device)
-    labels = labels.to(images.device)
-    probe = images.clone().requires_grad_(True)
-    logits = target(probe)
+    device = next(scorer.parameters()).device
+    rows = [x.detach().to(device) for x in (images.unbind(0) if isinstance(images, torch.Tensor) else images)]
+    ids = list(ids) if ids is not None else [f"row{b}" for b in range(len(rows))]
+    if len(ids) != len(rows):
+        raise ValueError(f"{len(ids)} ids for {len(rows)} images")
+    if space == "model-input":
+        rows = [to_model_input(scorer, x) for x in rows]
+    labels = labels.to(device)
+    dtype = attack_dtype(preset, dtype)
+    target = CandidateTarget(
+        scorer, texts, candidate_texts, resized=space == "model-input", min_rows=min_rows
+    ).eval()
+    with torch.no_grad():
+        logits = target(rows)
     clean_loss = F.cross_entropy(logits, labels, reduction="none")
-    (grad,) = torch.autograd.grad(clean_loss.sum(), [probe])
-    clean_pred = logits.detach().argmax(dim=1)
+    clean_pred = logits.argmax(dim=1)
     already = clean_pred != labels
-    adversarial = images.clone()
+    adversarial = list(rows)
+    grad_abs = torch.full((len(rows),), float("nan"))
     todo = (~already).nonzero().flatten().tolist()
     if todo:
-        sub = target if len(todo) == len(images) else target.subset(todo)
+        sub = target.subset(todo, dtype=DTYPES[dtype])
         attack = build_attack(preset, sub, seed)
-        torch.manual_seed(seed)
-        adversarial[todo] = attack(images[todo], labels[todo]).detach()
+        stats: dict[str, torch.Tensor] = {}
+        found = attack(
+            [rows[i] for i in todo], labels[todo], seeds=row_seeds(seed, [ids[i] for i in todo]), stats=stats
+        )
+        for i, image in zip(todo, found, strict=True):
+            adversarial[i] = image.detach()
+        grad_abs[todo] = stats["grad_abs"].float()
     eval_mode = not any(m.training for m in scorer.modules())
     scorer.eval()  # the check above records a failure; re-scoring must not update batch-norm stats
+    quantized = [quantize(x) for x in adversarial]
     with torch.no_grad():
         adv_logits = target(adversarial)
-        png_logits = target(quantize(adversarial))
+        png_logits = target(quantized)
     return BatchResult(
+        clean=rows,
         adversarial=adversarial,
+        quantized=quantized,
         clean_pred=clean_pred.cpu(),
         adv_pred=adv_logits.argmax(dim=1).cpu(),
         png_pred=png_logits.argmax(dim=1).cpu(),
         already_misclassified=already.cpu(),
-        clean_grad_abs=grad.abs().flatten(1).sum(dim=1).cpu(),
-        clean_loss=clean_loss.detach().cpu(),
+        grad_abs=grad_abs,
+        clean_loss=clean_loss.cpu(),
         adv_loss=F.cross_entropy(adv_logits, labels, reduction="none").cpu(),
         eval_mode=eval_mode,
         seconds=time.perf_counter() - started,
+        dtype=dtype,
+        space=space,
     )

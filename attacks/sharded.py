@@ -1,10 +1,10 @@
 """``attacks.generate --executor ray``: attack the batches of every preset on a pool of Ray actors.
 
 The driver (``attacks.generate.run``) resumes from each manifest, groups images into exactly the
-batches a local run makes (same size groups, same ``--batch-size`` and pixel cap, so the seeded
-random starts are the same), and sends each batch as one JSON row: the preset's name and
-folder, and per image its mention, candidate set, candidate texts and context. An
-``AttackWorker`` loads the scorer once, reads the images itself, runs the very
+batches a local run makes (``attacks.items.mixed_batches``: an image's result does not depend
+on its batch, its manifest line's ``batch_size`` does), and sends each batch as one JSON row:
+the preset's name and folder, and per image its mention, candidate set, candidate texts and
+context. An ``AttackWorker`` loads the scorer once, reads the images itself, runs the very
 ``attacks.generate.attack_or_record`` a local run runs, writes the PNG and ``.pt`` files
 (atomically, so a batch retried after a lost worker just rewrites them) and returns the
 manifest lines, which the driver alone appends. All presets share one pool: one model load

@@ -145,7 +145,7 @@ def add_agent_fields(results: RunResults, evaluator: Evaluator) -> None:
     attacks = results.attacks or {}
     for preset, block in attacks.items():
         block.fallbacks = fallback_counts(r for s in seeds for r in evaluator.records(preset, s))
-    checkpoint_db = evaluator.pipeline.settings.checkpoint_db
+    checkpoint_db = evaluator.agent.settings.checkpoint_db
     if not attacks or not checkpoint_db.is_file():
         return  # no attack, or no decision was ever made (every item skipped)
     traces = TraceStore(checkpoint_db)

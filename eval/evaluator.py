@@ -14,17 +14,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from eval.config import RunConfig
-from eval.metrics import drift, mean_std, metrics_from_ranks
+from eval.metrics import bootstrap_ci, drift, mean_std, metrics_from_ranks, paired_bootstrap
 from eval.pipelines import Pipeline, PrerankPipeline
+from eval.stages import DIFFERENCES, STAGES, StagedPipeline
 from kb.dataset import Dataset
 from kb.records import Mention
 from kb.runcore.item_log import CLEAN, ItemLog, condition_seed_id
 from kb.runcore.items import PreparedItem, candidate_builder, prepare
 from tools.executor import ExecutorConfig
 from tools.scorers.base import template_for
+
+
+def drop_interval(paired: dict[str, Any]) -> list[float] | None:
+    """95% interval of clean − attacked acc@1: the negated paired interval of attacked − clean."""
+    interval = paired["ci95"]["acc@1"]
+    return None if interval is None else [round(-interval[1], 6), round(-interval[0], 6)]
 
 
 class Evaluator:
@@ -46,13 +54,13 @@ class Evaluator:
         self.template = template_for(config.scorer)
         self.log = ItemLog(out / "items.jsonl", key=condition_seed_id)
         self.digests: dict[Path, str] = {}
-        self.pipeline: Pipeline
+        self.pipeline: Pipeline = PrerankPipeline(config, self.executor, progress)
+        self.agent = None
         if config.pipeline == "agent":
             from eval.agent_pipeline import AgentPipeline
 
-            self.pipeline = AgentPipeline(config, dataset, out)
-        else:
-            self.pipeline = PrerankPipeline(config, self.executor, progress)
+            self.agent = AgentPipeline(config, dataset, out)
+            self.pipeline = StagedPipeline(self.agent, self.pipeline)
 
     def evaluate(self, condition: str = CLEAN, attach: Callable[[PreparedItem], None] | None = None) -> None:
         config, log = self.config, self.log
@@ -90,7 +98,8 @@ class Evaluator:
         return [self.log.done[(condition, seed, m.id)] for m in self.mentions]
 
     def summary(self, condition: str) -> dict[str, Any]:
-        """n, skips (first seed) and metrics (mean/std over seeds and per seed) of one condition."""
+        """n, skips (first seed), metrics (mean/std over seeds and per seed) and 95% intervals of
+        one condition; for a staged (agent) run also each stage's and their paired differences."""
         ranks: dict[int, list[int]] = {seed: [] for seed in self.config.seeds}
         skipped: Counter[str] = Counter()  # counted on the first seed: every seed skips the same items
         first = self.config.seeds[0]
@@ -101,23 +110,83 @@ class Evaluator:
                 elif seed == first:
                     skipped[record["error"]] += 1
         per_seed = {seed: metrics_from_ranks(r) for seed, r in ranks.items()}
-        return {
-            "n": per_seed[self.config.seeds[0]].n,
+        summary = {
+            "n": per_seed[first].n,
             "n_skipped": sum(skipped.values()),
             "skipped": dict(skipped),
             "metrics": mean_std([m.to_json() for m in per_seed.values()]),
             "metrics_per_seed": {str(seed): m.to_json() for seed, m in per_seed.items()},
+            "ci95": bootstrap_ci(self.rank_matrix(condition)[1]),
         }
+        if self.agent is not None:
+            summary.update(self.stage_summary(condition))
+        return summary
 
-    def drift_from_clean(self, condition: str) -> dict[str, float]:
-        """``eval.metrics.drift`` of clean vs ``condition``, pooled over (seed, item) pairs scored in both."""
+    def rank_matrix(self, condition: str, stage: str | None = None) -> tuple[list[str], np.ndarray]:
+        """Ids of the mentions scored under every seed, and their (mentions, seeds) gold ranks
+        (of ``stage`` when given: ``model``, ``model*`` or ``agent``)."""
+        by_seed = []
+        for seed in self.config.seeds:
+            ranks = {}
+            for record in self.records(condition, seed):
+                entry = record if stage is None else (record.get("stages") or {}).get(stage)
+                if not record["error"] and entry is not None:
+                    ranks[record["id"]] = entry["rank"]
+            by_seed.append(ranks)
+        ids = [m.id for m in self.mentions if all(m.id in ranks for ranks in by_seed)]
+        return ids, np.array([[ranks[i] for ranks in by_seed] for i in ids], dtype=np.float64).reshape(
+            len(ids), len(by_seed)
+        )
+
+    def stage_summary(self, condition: str) -> dict[str, Any]:
+        """``stages`` {model, model*, agent}: each stage's metrics and intervals on the items all
+        three scored, and ``stage_differences``: paired bootstrap of after − before."""
+        matrices = {stage: self.rank_matrix(condition, stage) for stage in STAGES}
+        shared = set.intersection(*(set(ids) for ids, _ in matrices.values()))
+        aligned = {}
+        for stage, (ids, ranks) in matrices.items():
+            keep = [k for k, i in enumerate(ids) if i in shared]
+            aligned[stage] = ranks[keep]
+        stages = {}
+        for stage, ranks in aligned.items():
+            per_seed = [metrics_from_ranks(ranks[:, s]).to_json() for s in range(ranks.shape[1])]
+            stages[stage] = {"n": len(ranks), "metrics": mean_std(per_seed), "ci95": bootstrap_ci(ranks)}
+        differences = {
+            f"{after}-{before}": paired_bootstrap(aligned[before], aligned[after])
+            for before, after in DIFFERENCES
+        }
+        return {"stages": stages, "stage_differences": differences}
+
+    def drift_from_clean(self, condition: str) -> dict[str, Any]:
+        """``eval.metrics.drift`` of clean vs ``condition``, pooled over (seed, item) pairs scored in
+        both, with the paired bootstrap interval of the accuracy drop (and per stage for the agent)."""
         scored: dict[str, dict[str, dict[str, Any]]] = {CLEAN: {}, condition: {}}
         for name, by_key in scored.items():
             for seed in self.config.seeds:
                 for record in self.records(name, seed):
                     if not record["error"]:
                         by_key[f"{seed}:{record['id']}"] = record
-        return drift(scored[CLEAN], scored[condition])
+        result: dict[str, Any] = drift(scored[CLEAN], scored[condition])
+        result["ci95"] = {"acc_drop": drop_interval(self._paired(condition, None))}
+        if self.agent is not None:
+            result["stages"] = {}
+            for stage in STAGES:
+                paired = self._paired(condition, stage)
+                drop = None if paired["acc@1"] is None else round(-paired["acc@1"], 6)
+                result["stages"][stage] = {
+                    "n": paired["n"],
+                    "acc_drop": drop,
+                    "acc_drop_ci95": drop_interval(paired),
+                }
+        return result
+
+    def _paired(self, condition: str, stage: str | None) -> dict[str, Any]:
+        """Paired bootstrap of attacked − clean ranks on the mentions scored in both."""
+        clean_ids, clean = self.rank_matrix(CLEAN, stage)
+        attacked_ids, attacked = self.rank_matrix(condition, stage)
+        attacked_row = {mention: row for row, mention in enumerate(attacked_ids)}
+        both = [(row, attacked_row[m]) for row, m in enumerate(clean_ids) if m in attacked_row]
+        return paired_bootstrap(clean[[a for a, _ in both]], attacked[[b for _, b in both]])
 
     def close(self) -> None:
         self.log.close()

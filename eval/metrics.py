@@ -9,12 +9,23 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from kb.ranking import gold_rank, ranking
 
-__all__ = ["KS", "Metrics", "drift", "gold_rank", "mean_std", "metrics_from_ranks", "ranking"]
+__all__ = [
+    "KS",
+    "Metrics",
+    "bootstrap_ci",
+    "drift",
+    "gold_rank",
+    "mean_std",
+    "metrics_from_ranks",
+    "paired_bootstrap",
+    "ranking",
+]
 
 KS = (1, 5, 10)
 
@@ -88,4 +99,74 @@ def drift(clean: dict[str, dict], attacked: dict[str, dict]) -> dict[str, float]
         "gold_rank_shift": round(
             float(np.mean([a["rank"] - b["rank"] for b, a in zip(before, after, strict=True)])), 4
         ),
+    }
+
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def _interval(samples: np.ndarray) -> list[float] | None:
+    """The percentile 95% interval of bootstrap samples (None when there were none)."""
+    if samples.size == 0 or not np.isfinite(samples).all():
+        return None
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
+def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) row indices drawn with replacement from a seeded generator."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_ci(
+    ranks: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, list[float] | None]:
+    """95% percentile bootstrap intervals of acc@1 and MRR, resampling mentions.
+
+    ``ranks`` is (mentions, seeds): every seed's rank of each mention, so one resample draws
+    whole mentions and the statistic is the mean over seeds, as the reported metric is.
+    """
+    ranks = np.asarray(ranks, dtype=np.float64).reshape(len(ranks), -1)
+    if ranks.size == 0:
+        return {"acc@1": None, "mrr": None}
+    rows = _resamples(len(ranks), resamples, seed)
+    drawn = ranks[rows]  # (resamples, mentions, seeds)
+    return {
+        "acc@1": _interval((drawn == 1).mean(axis=(1, 2))),
+        "mrr": _interval((1.0 / drawn).mean(axis=(1, 2))),
+    }
+
+
+def paired_bootstrap(
+    before: np.ndarray,
+    after: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Difference after − before of acc@1 and MRR on the same mentions, with paired 95% intervals.
+
+    ``before`` and ``after`` are (mentions, seeds) ranks of the same mentions in the same order
+    (e.g. clean vs attacked, or Model vs Model*); one resample draws the same mentions for both,
+    so the interval is of the paired difference, narrower than two independent intervals.
+    ``p_sign``: the share of resamples whose acc@1 difference has the opposite sign of the
+    observed one (a bootstrap stand-in for a one-sided p-value).
+    """
+    before = np.asarray(before, dtype=np.float64).reshape(len(before), -1)
+    after = np.asarray(after, dtype=np.float64).reshape(len(after), -1)
+    if before.shape != after.shape:
+        raise ValueError(f"paired bootstrap needs the same mentions: {before.shape} vs {after.shape}")
+    if before.size == 0:
+        return {"n": 0, "acc@1": None, "mrr": None, "ci95": {"acc@1": None, "mrr": None}, "p_sign": None}
+    rows = _resamples(len(before), resamples, seed)
+    acc = ((after[rows] == 1).mean(axis=(1, 2))) - ((before[rows] == 1).mean(axis=(1, 2)))
+    mrr = (1.0 / after[rows]).mean(axis=(1, 2)) - (1.0 / before[rows]).mean(axis=(1, 2))
+    observed = float((after == 1).mean() - (before == 1).mean())
+    opposite = acc < 0 if observed > 0 else acc > 0 if observed < 0 else np.zeros_like(acc, dtype=bool)
+    return {
+        "n": len(before),
+        "acc@1": round(observed, 6),
+        "mrr": round(float((1.0 / after).mean() - (1.0 / before).mean()), 6),
+        "ci95": {"acc@1": _interval(acc), "mrr": _interval(mrr)},
+        "p_sign": round(float(opposite.mean()), 4),
     }

@@ -226,22 +226,37 @@ class Card:
     thread: str | None = None
 
 
-def table_section(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table 2 of ``eval.tables``, one table per dataset (none without an I2T or IT2T run)."""
-    cells, columns = tables.collect(results)
+def table_section(results: Sequence[dict[str, Any]], table: str = "table2") -> list[dict[str, Any]]:
+    """One of ``eval.tables``' tables (2, 3 or 4), one per dataset (none where no run fills it);
+    cells carry their 95% bootstrap interval where the results hold one."""
+    cells, columns = tables.collect(results, table)
+    spans = tables.intervals(results, table)
     names = ["Model", *tables.headers(columns)]
     return [
         {
             "dataset": dataset,
-            "table": Table(names, [[name, *_cells(row, columns)] for name, row in rows.items()], "table2"),
+            "table": Table(
+                names,
+                [
+                    [name, *_cells(row, columns, spans.get(dataset, {}).get(name, {}))]
+                    for name, row in rows.items()
+                ],
+                table,
+            ),
             "counts": tables.counts_line(results, dataset),
         }
         for dataset, rows in cells.items()
     ]
 
 
-def _cells(row: dict[tuple[str, str], float | None], columns: Sequence[str]) -> list[str]:
-    return [tables.cell_text(row.get((t, c)), tables.MISSING) for t in tables.TASKS for c in columns]
+def _cells(
+    row: dict[tuple[str, str], float | None], columns: Sequence[str], spans: dict[tuple[str, str], Any]
+) -> list[str]:
+    return [
+        tables.cell_text(row.get((t, c)), tables.MISSING, spans.get((t, c)))
+        for t in tables.TASKS
+        for c in columns
+    ]
 
 
 def accuracy_plot(results: Sequence[dict[str, Any]]) -> str:
@@ -399,6 +414,11 @@ def build(run_dirs: Sequence[Path], out: Path, per_run: int = 6, progress: bool 
     page: dict[str, Any] = {
         "runs": runs,
         "table2": table2,
+        "stage_tables": [
+            {"title": tables.TABLES[name], "parts": parts}
+            for name in ("table3", "table4")
+            if (parts := table_section(results, name))
+        ],
         "accuracy_plot": accuracy_plot(results),
         "drift": drift_section(runs),
         "divergence": divergence,

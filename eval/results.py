@@ -21,7 +21,8 @@ from kb.runcore.item_log import CLEAN
 from kb.runcore.items import PreparedItem
 
 SCHEMA_VERSION = 2
-"""1: files without ``schema_version``; 2: strict JSON (null for undefined metrics)."""
+"""1: files without ``schema_version``; 2: strict JSON (null for undefined metrics), ``ci95``,
+agent ``stages``."""
 
 MetricStats = dict[str, dict[str, float | None]]
 """{metric: {mean, std}} over seeds."""
@@ -37,6 +38,12 @@ class ConditionResults(BaseModel):
     skipped: dict[str, int]
     metrics: MetricStats
     metrics_per_seed: dict[str, dict[str, float | None]]
+    ci95: dict[str, list[float] | None]
+    """95% bootstrap intervals of acc@1 and MRR over mentions (``eval.metrics.bootstrap_ci``)."""
+    stages: dict[str, dict[str, Any]] | None = None
+    """Agent runs: {model, model*, agent}, each with n, metrics and ci95 on the same items."""
+    stage_differences: dict[str, dict[str, Any]] | None = None
+    """Agent runs: paired bootstrap of after − before ("model*-model", "agent-model*", "agent-model")."""
 
 
 class AttackResults(ConditionResults):
@@ -74,13 +81,20 @@ class RunResults(ConditionResults):
     model_load_seconds: float
     created: str
     attacks: dict[str, AttackResults] | None = None
+    llm: str | None = None
+    """The judge's model (agent runs): ``agent.settings`` LLM identity's model or backend."""
 
 
 def write_results(path: Path, results: RunResults) -> dict[str, Any]:
     """Validate and write ``results.json``; returns what was written, as a dict."""
-    value = strict(results.model_dump(mode="python", exclude_none=False))
-    if value.get("attacks") is None:
-        value.pop("attacks")
+    value = strict(results.model_dump(mode="python"))
+    for optional in ("attacks", "stages", "stage_differences", "llm"):
+        if value.get(optional) is None:
+            value.pop(optional, None)
+    for block in (value.get("attacks") or {}).values():
+        for optional in ("stages", "stage_differences"):
+            if block.get(optional) is None:
+                block.pop(optional, None)
     write_json(path, value)
     return value
 

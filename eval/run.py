@@ -121,6 +121,7 @@ def run(
         model_load_seconds=round(evaluator.pipeline.load_seconds, 2),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         attacks={name: AttackResults(**block) for name, block in attacks.items()} if attacks else None,
+        llm=judge_name(config.agent),
     )
     if config.pipeline == "agent":
         from eval.agent_pipeline import add_agent_fields
@@ -132,6 +133,15 @@ def run(
     if written["n"] == 0:
         raise NothingScored(nothing_scored_message(written, dataset, mentions, config))
     return written
+
+
+def judge_name(agent: dict[str, Any] | None) -> str | None:
+    """The agent's judge as tables name its row: the served model, else the embedded model's file."""
+    if agent is None:
+        return None
+    llm = agent.get("vlm") or agent.get("llm") or {}
+    name = llm.get("model") or llm.get("model_file") or llm.get("backend")
+    return str(name).removesuffix(".gguf") if name else None
 
 
 def nothing_scored_message(

@@ -1,4 +1,8 @@
-"""Seed paper 000's Table 2 from ``results.json`` files: top-1 accuracy per attack, per scorer.
+"""Seed paper 000's Tables 2, 3 and 4 from ``results.json`` files: top-1 accuracy per attack.
+
+Table 2: per scorer (and the agent, and the MLLM alone). Table 3: Model vs Model* of an agent
+run's stages (``eval.stages``), on the same items. Table 4: the MLLM alone (``--pipeline
+mllm``) vs MLLM* (the agent with that LLM as judge).
 
     python -m eval.tables RUN [RUN ...] [--out DIR]      # RUN: a run folder or its results.json
 
@@ -7,8 +11,9 @@ follow Table 2, for I2T and then IT2T: RAW (the clean run), PGD-N, PGD-S, APGD-N
 CW-N, CW-S, then any custom preset a run replayed (by name). Cells are acc@1 in % (mean over
 seeds), "–" where no run filled them; a later file overrides an earlier one's cell, so an
 i2t run and an it2t run fill one table. Runs of other tasks (t2t) are left out. Writes
-``table.md`` (the printed tables), ``table.csv`` (one header row, a ``Dataset`` column, empty
-cells where the Markdown has "–") and ``accuracy_per_attack.png`` (grouped bars: conditions on
+``table.md`` (the printed tables), ``table.csv`` (Table 2: one header row, a ``Dataset``
+column, empty cells where the Markdown has "–"; ``table3.csv`` and ``table4.csv`` likewise when
+a run fills them) and ``accuracy_per_attack.png`` (grouped bars: conditions on
 x, one bar per scorer, one panel per dataset and task). ``eval.run --attack`` calls
 ``write_tables`` on its own results; ``eval.report`` puts the same tables and plot in HTML.
 """
@@ -20,7 +25,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,50 +44,120 @@ TABLE2 = {
 MARKDOWN, CSV, PLOT = "table.md", "table.csv", "accuracy_per_attack.png"
 MISSING = "–"
 
-Cells = dict[str, dict[str, dict[tuple[str, str], float]]]  # dataset -> scorer -> (task, column) -> acc %
+Cells = dict[str, dict[str, dict[tuple[str, str], float]]]  # dataset -> row -> (task, column) -> acc %
+Block = Callable[[dict[str, Any]], dict[str, Any] | None]
+"""Picks the block a row's cell is read from out of a condition's results (clean or an attack)."""
+
+TABLES = {
+    "table2": "Seed paper Table 2: acc@1 under attack, per model",
+    "table3": "Seed paper Table 3: Model (static prompts) vs Model* (LLM-enriched descriptions), same items",
+    "table4": "Seed paper Table 4: MLLM alone vs MLLM* (the same LLM inside LLM-RetLink)",
+}
 
 
-def collect(results: Sequence[dict[str, Any]]) -> tuple[Cells, list[str]]:
-    """Accuracy cells of every run, and the condition columns in Table 2 order (custom ones last)."""
+def rows_of(run: dict[str, Any], table: str) -> list[tuple[str, Block]]:
+    """The rows ``run`` fills in ``table``, each with how to read its block of a condition.
+
+    Table 2: one row per run (the scorer, ``agent (<scorer>)``, or the MLLM). Table 3: an agent
+    run's ``model`` and ``model*`` stages as ``<scorer>`` and ``<scorer>*``. Table 4: an MLLM
+    run as ``<llm>`` and an agent run's final decision as ``<llm>*``.
+    """
+    pipeline = run.get("pipeline", "prerank")
+    whole: Block = lambda block: block  # noqa: E731
+    if table == "table2":
+        return [(row_name(run), whole)]
+    if table == "table3" and run.get("stages"):
+        return [
+            (run["scorer"], lambda block: (block.get("stages") or {}).get("model")),
+            (f"{run['scorer']}*", lambda block: (block.get("stages") or {}).get("model*")),
+        ]
+    if table == "table4" and pipeline in ("mllm", "agent") and run.get("llm"):
+        return [(run["llm"] if pipeline == "mllm" else f"{run['llm']}*", whole)]
+    return []
+
+
+def collect(results: Sequence[dict[str, Any]], table: str = "table2") -> tuple[Cells, list[str]]:
+    """Accuracy cells (acc@1 %, mean over seeds) of every run for ``table``, and the condition
+    columns in Table 2 order (custom presets last)."""
+    return _gather(results, table, lambda picked: _number(picked, "metrics", "acc@1", "mean"))
+
+
+def intervals(results: Sequence[dict[str, Any]], table: str = "table2") -> dict[str, dict[str, dict]]:
+    """The cells' 95% bootstrap intervals of acc@1 (in %), where the results hold them."""
+    return _gather(results, table, lambda picked: ((picked or {}).get("ci95") or {}).get("acc@1"))[0]
+
+
+def _number(block: dict[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        block = (block or {}).get(key)
+    return block
+
+
+def _gather(
+    results: Sequence[dict[str, Any]], table: str, value: Callable[[Any], Any]
+) -> tuple[Cells, list[str]]:
     cells: Cells = {}
     custom: list[str] = []
     for run in results:
         if run["task"] not in TASKS:
             continue
-        row = cells.setdefault(run["dataset"], {}).setdefault(row_name(run), {})
-        row[(run["task"], RAW)] = run["metrics"]["acc@1"]["mean"] * 100
-        for preset, attacked in (run.get("attacks") or {}).items():
-            column = TABLE2.get(preset, preset)
-            if preset not in TABLE2 and column not in custom:
-                custom.append(column)
-            row[(run["task"], column)] = attacked["metrics"]["acc@1"]["mean"] * 100
+        for name, pick in rows_of(run, table):
+            row = cells.setdefault(run["dataset"], {}).setdefault(name, {})
+            for preset, block in [(RAW, run), *(run.get("attacks") or {}).items()]:
+                column = TABLE2.get(preset, preset)
+                if preset not in TABLE2 and preset != RAW and column not in custom:
+                    custom.append(column)
+                found = value(pick(block))
+                if isinstance(found, list) and len(found) == 2:
+                    row[(run["task"], column)] = (found[0] * 100, found[1] * 100)
+                elif isinstance(found, int | float):
+                    row[(run["task"], column)] = found * 100
     return cells, [RAW, *TABLE2.values(), *custom]
 
 
 def row_name(run: dict[str, Any]) -> str:
-    """A scorer's row, or ``agent (<scorer>)`` for the agent with that scorer as pre-ranker."""
-    return f"agent ({run['scorer']})" if run.get("pipeline") == "agent" else run["scorer"]
+    """A scorer's row, ``agent (<scorer>)`` for the agent with that scorer as pre-ranker, or the
+    MLLM's name for the judge alone."""
+    if run.get("pipeline") == "agent":
+        return f"agent ({run['scorer']})"
+    if run.get("pipeline") == "mllm":
+        return f"mllm ({run.get('llm') or '?'})"
+    return run["scorer"]
 
 
 def headers(columns: Sequence[str]) -> list[str]:
     return [f"{label} {column}" for label in TASKS.values() for column in columns]
 
 
-def cell_text(value: float | None, missing: str) -> str:
-    return missing if value is None or value != value else f"{value:.1f}"
+def cell_text(value: float | None, missing: str, interval: tuple[float, float] | None = None) -> str:
+    if value is None or value != value:
+        return missing
+    return f"{value:.1f}" if interval is None else f"{value:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
 
 
 def markdown(results: Sequence[dict[str, Any]]) -> str:
-    cells, columns = collect(results)
+    """Table 2 for every dataset, then Tables 3 and 4 where some run fills them."""
     blocks = []
-    for dataset, rows in cells.items():
-        names = ["Model", *headers(columns)]
-        lines = [f"### {dataset}", "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-        for scorer, row in rows.items():
-            values = [cell_text(row.get((task, c)), MISSING) for task in TASKS for c in columns]
-            lines.append("| " + " | ".join([scorer, *values]) + " |")
-        lines += ["", f"acc@1 (%); {counts_line(results, dataset)}"]
-        blocks.append("\n".join(lines))
+    for table, title in TABLES.items():
+        cells, columns = collect(results, table)
+        if not cells:
+            continue
+        if table != "table2":
+            blocks.append(f"## {title}")
+        spans = intervals(results, table)
+        for dataset, rows in cells.items():
+            names = ["Model", *headers(columns)]
+            lines = [f"### {dataset}", "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+            for name, row in rows.items():
+                span = spans.get(dataset, {}).get(name, {})
+                values = [
+                    cell_text(row.get((task, c)), MISSING, span.get((task, c)))
+                    for task in TASKS
+                    for c in columns
+                ]
+                lines.append("| " + " | ".join([name, *values]) + " |")
+            lines += ["", f"acc@1 (%) [95% bootstrap interval]; {counts_line(results, dataset)}"]
+            blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
@@ -101,15 +176,16 @@ def counts_line(results: Sequence[dict[str, Any]], dataset: str) -> str:
     return "; ".join(parts)
 
 
-def csv_text(results: Sequence[dict[str, Any]]) -> str:
-    cells, columns = collect(results)
+def csv_text(results: Sequence[dict[str, Any]], table: str = "table2") -> str:
+    """One table's cells, one row per (dataset, model); empty where the Markdown has "–"."""
+    cells, columns = collect(results, table)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["Dataset", "Model", *headers(columns)])
     for dataset, rows in cells.items():
-        for scorer, row in rows.items():
+        for name, row in rows.items():
             values = [row.get((task, c)) for task in TASKS for c in columns]
-            writer.writerow([dataset, scorer, *("" if v is None else round(v, 2) for v in values)])
+            writer.writerow([dataset, name, *("" if v is None else round(v, 2) for v in values)])
     return buffer.getvalue()
 
 
@@ -148,6 +224,9 @@ def write_tables(results: Sequence[dict[str, Any]], out: Path) -> str:
     text = markdown(results)
     (out / MARKDOWN).write_text(text, encoding="utf-8")
     (out / CSV).write_text(csv_text(results), encoding="utf-8")
+    for table in ("table3", "table4"):
+        if collect(results, table)[0]:
+            (out / f"{table}.csv").write_text(csv_text(results, table), encoding="utf-8")
     plot(results, out / PLOT)
     return text
 

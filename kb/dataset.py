@@ -73,7 +73,7 @@ class Dataset:
             "gold_in_kb": sum(1 for m in self.mentions if m.gold in self.entities),
             "images_referenced": len(images),
             "images_present": sum(1 for p in images if p.is_file()),
-            "mentions_with_image_present": sum(1 for m in with_image if m.image_path.is_file()),
+            "mentions_with_image_present": sum(1 for m in with_image if m.has_image),
             "nil": sum(1 for m in self.mentions if m.is_nil),
             "splits": dict(sorted(Counter(m.split for m in self.mentions).items())),
             "splits_declared": self.splits_declared,

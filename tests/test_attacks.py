@@ -128,9 +128,9 @@ def test_pgd_on_real_photo_respects_eps_and_raises_loss(tagger, demo) -> None:
     assert both.already_misclassified.tolist() == [False, True] and both.eval_mode
     assert torch.equal(both.adversarial[1], image[0]) and not tagger.training
     result = attack_batch(tagger, preset, image, gold, [labels], None, seed=0)
-    delta = result.adversarial - image
+    delta = result.adversarial[0] - image[0]
     assert float(delta.abs().max()) <= preset.eps + 1e-6
-    assert float(result.adversarial.min()) >= 0 and float(result.adversarial.max()) <= 1
+    assert float(result.adversarial[0].min()) >= 0 and float(result.adversarial[0].max()) <= 1
     assert float(delta.abs().max()) > 0
     assert float(result.adv_loss[0]) > float(result.clean_loss[0]) + 1e-3
     flags = batch_checks(preset, image, result)
@@ -220,17 +220,15 @@ def test_corrupt_image_becomes_a_manifest_error(tmp_path: Path, shared_scorer, d
     assert summaries["pgd-fast"]["n_errors"] == 1
 
 
-def test_batches_respect_size_groups_and_pixel_budget() -> None:
-    """Only identical (H, W) share a batch; B*H*W stays within the budget; an oversize image goes alone."""
-    sizes = [(100, 200)] * 5 + [(50, 50)] * 3 + [(1000, 1000)]
+def test_batches_mix_sizes_within_the_pixel_budget() -> None:
+    """Any sizes share a batch, in input order; sum H*W stays within the budget; an oversize image goes alone."""
+    sizes = [(100, 200)] * 3 + [(50, 50)] * 3 + [(1000, 1000)] + [(100, 200)] * 2
     items = [(f"item{i}", torch.zeros(3, h, w)) for i, (h, w) in enumerate(sizes)]
-    batches = list(generate.batches_by_size(items, batch_size=4, max_pixels=45_000))
-    seen = [name for batch in batches for name, _ in batch]
-    assert sorted(seen) == sorted(name for name, _ in items)  # nothing lost or repeated
+    batches = list(generate.mixed_batches(items, batch_size=4, max_pixels=45_000))
+    assert [name for batch in batches for name, _ in batch] == [name for name, _ in items]  # order kept
     for batch in batches:
-        shapes = {tuple(image.shape[-2:]) for _, image in batch}
-        assert len(shapes) == 1
-        (height, width) = shapes.pop()
-        assert len(batch) <= 4
-        assert len(batch) == 1 or len(batch) * height * width <= 45_000
-    assert sorted(len(b) for b in batches) == [1, 1, 2, 2, 3]  # 100x200: 2+2+1; 50x50: 3; 1000x1000: 1
+        pixels = sum(image.shape[-2] * image.shape[-1] for _, image in batch)
+        assert len(batch) <= 4 and (len(batch) == 1 or pixels <= 45_000)
+    assert [len(b) for b in batches] == [2, 4, 1, 2]  # 2x100x200 | 100x200 + 3x50x50 | 1000^2 | 2x100x200
+    assert len({tuple(image.shape) for _, image in batches[1]}) == 2  # two sizes in one batch
+    assert [len(b) for b in generate.mixed_batches(items, batch_size=8, max_pixels=None)] == [8, 1]

@@ -131,3 +131,83 @@ def _named(text: str, options: Sequence[str]) -> set[int] | None:
         if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in spans)
     }
     return kept or None
+
+
+# ------------------------------------------------------------------ distributions over indices
+
+
+def index_options(count: int) -> tuple[str, ...]:
+    """The answers a numbered list of ``count`` candidates allows: ``"1"`` .. ``str(count)``."""
+    return tuple(str(i) for i in range(1, count + 1))
+
+
+def distribution_from_top_logprobs(
+    positions: Sequence[Sequence[tuple[str, float]]], generated: Sequence[str], options: Sequence[str]
+) -> tuple[list[float], float, str | None, bool] | None:
+    """(probabilities over ``options``, valid mass, most likely first token, approximate?) from an
+    endpoint's ``top_logprobs``, or None when no option's first token is among them.
+
+    ``positions[i]`` is the ``(token, logprob)`` list of answer position ``i`` and ``generated[i]``
+    the token generated there. Tokens count with surrounding spaces stripped, and spellings of the
+    same answer (``"2"``, ``" 2"``) are summed. An option that is one token takes its
+    first-position probability. A longer one (``"10"`` where the tokenizer splits digits)
+    shares its prefix's mass by the next position's probabilities when the answer went that
+    way; otherwise the whole prefix mass goes to the shortest option and the result is marked
+    approximate. An option absent from the list gets the mass left over, split evenly among
+    the absent ones and never more than the least listed probability. The result is
+    renormalised over ``options``: the distribution a decoder constrained to them would use.
+    """
+    if not positions or not options:
+        return None
+    first = _mass(positions[0])
+    valid = {t: p for t, p in first.items() if any(o.startswith(t) for o in options) and t}
+    if not valid:
+        return None
+    free_top = max(positions[0], key=lambda tp: tp[1])[0] if positions[0] else None
+    probabilities: dict[str, float] = {}
+    approximate = False
+    for option in options:
+        if option in first and not any(o != option and o.startswith(option) for o in options):
+            probabilities[option] = first[option]
+    for prefix, mass in valid.items():
+        longer = [o for o in options if o.startswith(prefix) and o not in probabilities]
+        if not longer:
+            continue
+        if len(longer) == 1 and longer[0] == prefix:
+            probabilities[prefix] = mass
+            continue
+        went = len(generated) > 1 and generated[0].strip() == prefix and len(positions) > 1
+        if went:
+            second = _mass(positions[1])
+            shares = {o: second.get(o[len(prefix) :], 0.0) for o in longer if o != prefix}
+            if prefix in longer:
+                shares[prefix] = max(1.0 - sum(shares.values()), 0.0)
+            total = sum(shares.values()) or 1.0
+            probabilities.update({o: mass * s / total for o, s in shares.items()})
+        else:
+            approximate = True
+            probabilities[min(longer, key=len)] = mass
+    missing = [o for o in options if o not in probabilities]
+    if missing:
+        listed = [p for p in first.values() if p > 0]
+        left = max(1.0 - sum(first.values()), 0.0)
+        floor = min(min(listed, default=1e-9), left / len(missing)) if left > 0 else 1e-9
+        probabilities.update({o: max(floor, 1e-12) for o in missing})
+    total = sum(probabilities[o] for o in options)
+    return (
+        [probabilities[o] / total for o in options],
+        round(sum(valid.values()), 6),
+        free_top,
+        approximate,
+    )
+
+
+def _mass(position: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Probability per stripped token text (spellings of one token summed)."""
+    import math
+
+    found: dict[str, float] = {}
+    for token, logprob in position:
+        key = token.strip()
+        found[key] = found.get(key, 0.0) + math.exp(logprob)
+    return found

@@ -9,6 +9,7 @@ the project's one settings layer (pydantic-settings): ``LLMSettings`` here, ``Wi
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
@@ -34,6 +35,38 @@ class ChatReply:
     attempts: int
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ChoiceReply:
+    """One constrained answer: a probability per offered option (``options``, e.g. ``"1"``..``"k"``).
+
+    ``probabilities`` is None when the backend gave no distribution (an endpoint without
+    logprobs); ``text`` is then the free-text answer, for the caller to parse. ``method`` says
+    where the numbers came from: ``logits`` (the embedded model's own next-token logits, exact
+    over every option), ``top_logprobs`` (an endpoint's ``top_logprobs``, see
+    ``tools.llm.answers.distribution_from_top_logprobs``) or ``free-text``. ``valid_mass`` is the
+    unconstrained probability of the options' first tokens at the answer position (how much the
+    model wanted to answer with an index at all) and ``free_top`` the unconstrained most likely
+    first token: together they say whether an unconstrained answer would have been valid.
+    """
+
+    options: tuple[str, ...]
+    probabilities: tuple[float, ...] | None
+    text: str
+    model: str
+    seconds: float
+    method: str
+    valid_mass: float | None = None
+    free_top: str | None = None
+    attempts: int = 1
+
+    @property
+    def choice(self) -> int | None:
+        """0-based index of the most probable option (ties: the first), None without a distribution."""
+        if self.probabilities is None:
+            return None
+        return max(range(len(self.probabilities)), key=lambda i: (self.probabilities[i], -i))
 
 
 class LLMError(RuntimeError):
@@ -65,6 +98,18 @@ class ChatModel(Protocol):
         seed: int = 0,
     ) -> ChatReply:
         """``temperature`` None means the backend's configured ``LLMSettings.temperature`` (0 by default)."""
+        ...
+
+
+@runtime_checkable
+class ChoiceModel(Protocol):
+    """A chat model that can also answer with a distribution over a closed set of answers."""
+
+    name: str
+
+    def choose(self, messages: list[dict[str, Any]], options: Sequence[str], *, seed: int = 0) -> ChoiceReply:
+        """The probability of each answer in ``options`` (short strings such as ``"1"``..``"k"``);
+        ``LLMError`` when the backend gives no answer at all."""
         ...
 
 

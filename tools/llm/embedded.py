@@ -20,14 +20,14 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tools import registry
 from tools.hub import ModelUnavailable
-from tools.llm.base import ChatReply, ChatStats, LLMError, LLMSettings
+from tools.llm.base import ChatReply, ChatStats, ChoiceReply, LLMError, LLMSettings
 from tools.llm_weights import GGUF_NAME
 
 DEFAULT_GGUF = "qwen2.5-coder-1.5b-instruct-gguf"
@@ -143,6 +143,46 @@ class EmbeddedChat:
             llama.reset()
             yield from llama.create_chat_completion(stream=True, **request)
 
+    def choose(self, messages: list[dict[str, Any]], options: Sequence[str], *, seed: int = 0) -> ChoiceReply:
+        """The model's own probability of each answer in ``options`` (``option_distribution``):
+        exact, from the next-token logits at the answer position, never sampled. A GGUF whose chat
+        template llama-cpp-python does not render from its metadata gives no distribution: the
+        reply then carries the free-text answer (``method="free-text"``)."""
+        start = time.monotonic()
+        llama, lock, request = self._prepare(messages, 0.0, 16, seed)
+        if not _renders_own_template(llama):
+            reply = self.chat(messages, temperature=0.0, max_tokens=16, seed=seed)
+            return ChoiceReply(tuple(options), None, reply.text, self.model_id, reply.seconds, "free-text")
+        try:
+            with lock, self._errors():
+                probabilities, valid, top = option_distribution(llama, request["messages"], options)
+        except LLMError:
+            self.stats.add(calls=1, attempts=1, failures=1)
+            raise
+        self.stats.add(calls=1, attempts=1)
+        best = max(range(len(options)), key=lambda i: (probabilities[i], -i))
+        return ChoiceReply(
+            options=tuple(options),
+            probabilities=tuple(probabilities),
+            text=options[best],
+            model=self.model_id,
+            seconds=time.monotonic() - start,
+            method="logits",
+            valid_mass=valid,
+            free_top=top,
+        )
+
+    def next_token_logprobs(self, messages: list[dict[str, Any]], top_n: int = 20) -> list[tuple[str, float]]:
+        """The ``top_n`` most likely first answer tokens and their log-probabilities (what an
+        OpenAI ``top_logprobs`` field reports for the first position), most likely first."""
+        import numpy as np
+
+        llama, lock, request = self._prepare(messages, 0.0, 1, 0)
+        with lock, self._errors():
+            logprobs = _log_softmax(_logits_after(llama, chat_prompt_tokens(llama, request["messages"]), ()))
+            best = np.argsort(-logprobs)[:top_n]
+            return [(_token_text(llama, int(t)), float(logprobs[t])) for t in best]
+
     def _prepare(
         self, messages: list[dict[str, Any]], temperature: float | None, max_tokens: int, seed: int
     ) -> tuple[Any, threading.Lock, dict[str, Any]]:
@@ -178,3 +218,116 @@ def text_messages(messages: list[dict[str, Any]], backend: str) -> list[dict[str
             message = {**message, "content": "\n".join(texts)}
         plain.append(message)
     return plain
+
+
+# ---------------------------------------------------------- exact distributions over answers
+
+
+def _renders_own_template(llama: Any) -> bool:
+    """Whether chat prompts come from the GGUF's own Jinja template (what ``chat_prompt_tokens``
+    renders); other chat formats of llama-cpp-python are not reproduced here."""
+    return (
+        llama.chat_handler is None
+        and llama.chat_format == "chat_template.default"
+        and "tokenizer.chat_template" in llama.metadata
+    )
+
+
+def chat_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """The tokens ``create_chat_completion`` evaluates for ``messages``: the GGUF's chat template
+    rendered as llama-cpp-python renders it (same formatter, same BOS/EOS texts, same tokenizer
+    flags), ending with the assistant turn's opening."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos, bos = llama.token_eos(), llama.token_bos()
+    formatter = Jinja2ChatFormatter(
+        template=llama.metadata["tokenizer.chat_template"],
+        eos_token=_token_text(llama, eos) if eos != -1 else "",
+        bos_token=_token_text(llama, bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
+    rendered = formatter(messages=messages)
+    tokens = llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+    if len(tokens) >= llama.n_ctx():
+        raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {llama.n_ctx()}")
+    return tokens
+
+
+def option_distribution(
+    llama: Any, messages: list[dict[str, Any]], options: Sequence[str]
+) -> tuple[list[float], float, str]:
+    """(probability of each option, unconstrained mass of the options' first tokens, the
+    unconstrained most likely first token) at the answer position of ``messages``.
+
+    The options' tokens form a trie; each trie node's next-token distribution is renormalised
+    over the tokens that continue an option there (plus "the answer ends here" when the node is
+    itself an option, which takes every other token's mass: after "1", anything but "0" makes
+    the answer "1" rather than "10"). An option's probability is the product along its path:
+    what a decoder constrained to ``options`` (a grammar) would sample, computed exactly. The
+    prompt is evaluated once; each deeper trie node costs one more token.
+    """
+    import numpy as np
+
+    prompt = chat_prompt_tokens(llama, messages)
+    paths = [tuple(llama.tokenize(o.encode("utf-8"), add_bos=False, special=False)) for o in options]
+    if len(set(paths)) != len(paths) or not all(paths):
+        raise ValueError(f"options must tokenize to distinct, non-empty token sequences: {list(options)}")
+    cache: dict[tuple[int, ...], Any] = {}
+
+    def after(prefix: tuple[int, ...]) -> Any:
+        if prefix not in cache:
+            cache[prefix] = np.exp(_log_softmax(_logits_after(llama, prompt, prefix)))
+        return cache[prefix]
+
+    first = after(())
+    heads = sorted({p[0] for p in paths})
+    valid = float(sum(first[t] for t in heads))
+    top = _token_text(llama, int(np.argmax(first)))
+    probabilities = []
+    for path in paths:
+        total = 1.0
+        for depth in range(len(path) + 1):
+            prefix = path[:depth]
+            children = sorted({p[depth] for p in paths if len(p) > depth and p[:depth] == prefix})
+            ends_here = prefix in paths
+            if depth == len(path) and not children:
+                break
+            dist = after(prefix)
+            mass = {t: float(dist[t]) for t in children}
+            if ends_here:
+                mass[-1] = max(1.0 - sum(mass.values()), 1e-12)
+            step = mass[path[depth]] if depth < len(path) else mass[-1]
+            total *= step / (sum(mass.values()) or 1.0)
+        probabilities.append(total)
+    norm = sum(probabilities) or 1.0
+    return [p / norm for p in probabilities], round(valid, 6), top
+
+
+def _logits_after(llama: Any, prompt: list[int], prefix: tuple[int, ...]) -> Any:
+    """Next-token logits after ``prompt + prefix``: the prompt is evaluated from an empty KV cache
+    once, and a prefix is evaluated on top of it (the cache beyond the prompt is dropped first)."""
+    import llama_cpp
+    import numpy as np
+
+    if not prefix:
+        llama.reset()
+        llama.eval(prompt)
+    else:
+        if llama.n_tokens < len(prompt) or list(llama.input_ids[: len(prompt)]) != prompt:
+            llama.reset()
+            llama.eval(prompt)
+        llama.n_tokens = len(prompt)
+        llama.eval(list(prefix))
+    pointer = llama_cpp.llama_get_logits_ith(llama.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(llama.n_vocab(),)).astype(np.float64)
+
+
+def _log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _token_text(llama: Any, token: int) -> str:
+    return llama.detokenize([token], special=True).decode("utf-8", errors="replace")

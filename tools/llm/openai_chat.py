@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import openai
 
-from tools.llm.base import ChatReply, ChatStats, LLMError, LLMSettings
+from tools.llm.base import ChatReply, ChatStats, ChoiceReply, LLMError, LLMSettings
 from tools.retry_after import retry_after_seconds
 
 T = TypeVar("T")
@@ -128,6 +128,90 @@ class OpenAIChat:
                     raise BadReply(f"reply still arriving after {limit:.2f} s")
                 body += piece
         return parse_sse(bytes(body)) if stream else parse_completion(bytes(body))
+
+    def choose(
+        self,
+        messages: list[dict[str, Any]],
+        options: Sequence[str],
+        *,
+        seed: int = 0,
+        structured: bool = False,
+        top_logprobs: int = 20,
+    ) -> ChoiceReply:
+        """A distribution over ``options`` from the endpoint's ``logprobs``/``top_logprobs``
+        (greedy, a few tokens), retried and bounded like ``chat``.
+
+        ``structured`` also sends vLLM's structured-output choice (``extra_body={"structured_outputs":
+        {"choice": options}}``; vLLM 0.12 removed the older ``guided_choice``), so the text itself
+        is one of the options; other servers may reject it. An endpoint that returns no logprobs,
+        or none for an option's first token, gives ``probabilities=None`` and its free-text
+        answer (``method="free-text"``), for the caller to parse.
+        """
+        from tools.llm.answers import distribution_from_top_logprobs
+
+        settings = self.settings
+        start = time.monotonic()
+        deadline = start + settings.budget_s
+        extra = {"structured_outputs": {"choice": list(options)}} if structured else None
+        max_tokens = max(len(o) for o in options) + 1
+        attempts = 0
+        while True:
+            limit = min(settings.timeout_s, deadline - time.monotonic())
+            attempts += 1
+            try:
+                body = _within(
+                    limit,
+                    partial(self._choice_attempt, messages, max_tokens, seed, limit, top_logprobs, extra),
+                )
+                text, positions, generated, served = parse_choice_logprobs(body)
+                break
+            except Exception as exc:  # classified as in ``chat``
+                retry, wait, cause = classify(exc, limit)
+                delay = max(settings.backoff_s * 2 ** (attempts - 1), wait or 0.0)
+                if not retry or attempts > settings.retries or time.monotonic() + delay >= deadline:
+                    self.stats.add(calls=1, attempts=attempts, failures=1)
+                    raise LLMError(self.name, cause, attempts) from exc
+                self.stats.add(retries=1)
+                time.sleep(delay)
+        self.stats.add(calls=1, attempts=attempts)
+        found = distribution_from_top_logprobs(positions, generated, options) if positions else None
+        seconds = time.monotonic() - start
+        model = served or self.model or ""
+        if found is None:
+            return ChoiceReply(tuple(options), None, text, model, seconds, "free-text", attempts=attempts)
+        probabilities, valid, top, approximate = found
+        method = "top_logprobs" + ("~approx" if approximate else "") + ("+structured" if structured else "")
+        return ChoiceReply(
+            tuple(options), tuple(probabilities), text, model, seconds, method, valid, top, attempts
+        )
+
+    def _choice_attempt(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        seed: int,
+        limit: float,
+        top_logprobs: int,
+        extra: dict[str, Any] | None,
+    ) -> bytes:
+        deadline = time.monotonic() + limit
+        with self._client.chat.completions.with_streaming_response.create(
+            model=self._resolve_model(limit),
+            messages=messages,
+            temperature=0.0,
+            max_tokens=max_tokens,
+            seed=seed,
+            logprobs=True,
+            top_logprobs=top_logprobs,
+            timeout=limit,
+            extra_body=extra,
+        ) as response:
+            body = bytearray()
+            for piece in response.iter_bytes():
+                if time.monotonic() > deadline:
+                    raise BadReply(f"reply still arriving after {limit:.2f} s")
+                body += piece
+        return bytes(body)
 
     def _resolve_model(self, limit: float) -> str:
         """The configured model, else the first one the server lists (asked once)."""
@@ -243,3 +327,30 @@ def parse_sse(body: bytes) -> tuple[str, dict[str, Any], str | None]:
 def _served(data: dict[str, Any]) -> str | None:
     model = data.get("model")
     return model if isinstance(model, str) and model else None
+
+
+def parse_choice_logprobs(
+    body: bytes,
+) -> tuple[str, list[list[tuple[str, float]]], list[str], str | None]:
+    """(text, ``top_logprobs`` per answer position as (token, logprob) pairs, the generated
+    tokens, model that served it) of a ``chat.completion`` body; positions are empty when the
+    server sent no ``logprobs``."""
+    text, _usage, served = parse_completion(body)
+    data = json.loads(body)
+    logprobs = (data["choices"][0] or {}).get("logprobs") or {}
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    positions: list[list[tuple[str, float]]] = []
+    generated: list[str] = []
+    for entry in content or []:
+        if not isinstance(entry, dict):
+            continue
+        tops = [
+            (str(t.get("token", "")), float(t["logprob"]))
+            for t in entry.get("top_logprobs") or []
+            if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)
+        ]
+        if not tops and isinstance(entry.get("logprob"), int | float):
+            tops = [(str(entry.get("token", "")), float(entry["logprob"]))]
+        positions.append(tops)
+        generated.append(str(entry.get("token", "")))
+    return text, positions, generated, served

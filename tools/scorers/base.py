@@ -29,7 +29,8 @@ there and subclasses ``Scorer``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
 import torch
@@ -120,6 +121,7 @@ class PixelPreprocess(torch.nn.Module):
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self._inputs_resized = False
 
     @property
     def output_size(self) -> tuple[int, int] | None:
@@ -150,6 +152,34 @@ class PixelPreprocess(torch.nn.Module):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"images must be float in [0, 1], got {images.dtype}")
+        if getattr(self, "_inputs_resized", False):
+            if tuple(images.shape[-2:]) != self.output_size:
+                raise ValueError(f"resized inputs must be {self.output_size}, got {tuple(images.shape[-2:])}")
+            return self.normalize(images)
+        return self.normalize(self.resize_crop(images))
+
+    @contextmanager
+    def inputs_resized(self) -> Iterator[None]:
+        """Within: ``forward`` takes ``resize_crop``'s output and only normalises it.
+
+        The per-image hook of mixed-size batches (``attacks.target``): each image is resized and
+        cropped on its own, the results are stacked, and the scorer runs one forward on them.
+        Needs a fixed ``output_size``.
+        """
+        if self.output_size is None:
+            raise ValueError(f"{self!r} has no fixed output size: its inputs cannot be pre-resized")
+        self._inputs_resized = True
+        try:
+            yield
+        finally:
+            self._inputs_resized = False
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std per channel: the model's input from [0, 1] pixels of its input size."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def resize_crop(self, images: torch.Tensor) -> torch.Tensor:
+        """The geometric part of ``forward`` (resize, crop or pad), still in [0, 1], differentiable."""
         height, width = images.shape[-2:]
         target = self.resized_shape(height, width)
         x = images
@@ -166,7 +196,7 @@ class PixelPreprocess(torch.nn.Module):
             x = center_crop_or_pad(x, (self.size, self.size))  # type: ignore[arg-type]
         if self.crop_size is not None:
             x = center_crop_or_pad(x, self.crop_size)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return x
 
     def extra_repr(self) -> str:
         return (
@@ -354,6 +384,19 @@ class Scorer(torch.nn.Module, ABC):
             if len(texts) != batch:
                 raise ValueError(f"{len(texts)} context texts for {batch} candidate lists")
         return batch, widths.pop()
+
+    def pixel_preprocess(self) -> PixelPreprocess | None:
+        """The one ``PixelPreprocess`` every image goes through first, or None when there is none,
+        several, or a part of the scorer reads the raw pixels (the tagger's OCR).
+
+        With it, images of different sizes can share one forward: resize each with
+        ``resize_crop``, stack, and call ``forward`` inside ``inputs_resized()``.
+        """
+        found = [m for m in self.modules() if isinstance(m, PixelPreprocess)]
+        raw_readers = [m for m in self.modules() if getattr(m, "ocr", None) is not None]
+        if len(found) != 1 or raw_readers or found[0].output_size is None:
+            return None
+        return found[0]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, task={self.task!r}"
