@@ -105,16 +105,16 @@ def _prompt_text(messages: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def _image_part(state: LinkState) -> dict[str, Any] | None:
-    """The image as an OpenAI ``image_url`` content part (a PNG data URI) for a VLM judge."""
+def image_part(image: Any) -> dict[str, Any] | None:
+    """An ``ImageRef``'s pixels as an OpenAI ``image_url`` content part (a PNG data URI) for a VLM."""
     import base64
     import io
 
     from PIL import Image
 
-    if state.get("image") is None:
+    if image is None:
         return None
-    pixels = load_pixels(state["image"])
+    pixels = load_pixels(image)
     array = pixels.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     Image.fromarray(array, "RGB").save(buffer, format="PNG")
@@ -133,14 +133,14 @@ def judge_node(state: LinkState, res: Resources) -> dict[str, Any]:
     shortlist = state["prerank"]["order"][: settings.judge_top_k]
     words = settings.judge_description_words
     options = [(labels[q], _clip_words(state["descriptions"].get(q, ""), words)) for q in shortlist]
-    image_part = _image_part(state) if res.vlm is not None else None
+    pixels = image_part(state.get("image")) if res.vlm is not None else None
     messages = judge_messages(
         settings.task,
         options,
         state["descriptors"]["words"],
         state["sentence"],
         state["mention"],
-        image_part,
+        pixels,
         spotlight=settings.spotlight,
     )
     model = res.vlm or res.llm

@@ -52,7 +52,9 @@ class AgentContext:
     resources: SkipJsonSchema[Resources | None] = None
     dataset: str | None = field(
         default=None,
-        metadata={"description": "the dataset whose KB the agent links against (default $MEL_AGENT_DATASET, else demo)"},
+        metadata={
+            "description": "the dataset whose KB the agent links against (default $MEL_AGENT_DATASET, else demo)"
+        },
     )
 
 

@@ -154,7 +154,7 @@ def pass_flops(scorer: torch.nn.Module, sample: Sample) -> float:
     target([model_input])  # text embeddings first: only the image tower is counted
     with FlopCounterMode(display=False) as counter:
         loss = F.cross_entropy(target([model_input]), torch.tensor([label], device=image.device))
-        torch.autograd.grad(loss, [model_input])
+        torch.autograd.backward(loss, inputs=[model_input])  # counted hooks refuse autograd.grad
     return float(counter.get_total_flops())
 
 

@@ -114,6 +114,12 @@ def _interval(samples: np.ndarray) -> list[float] | None:
     return [round(float(low), 6), round(float(high), 6)]
 
 
+def _per_seed_columns(ranks: np.ndarray) -> np.ndarray:
+    """Ranks as (mentions, seeds) floats; a flat vector is one seed."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return ranks[:, None] if ranks.ndim == 1 else ranks
+
+
 def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) row indices drawn with replacement from a seeded generator."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
@@ -127,7 +133,7 @@ def bootstrap_ci(
     ``ranks`` is (mentions, seeds): every seed's rank of each mention, so one resample draws
     whole mentions and the statistic is the mean over seeds, as the reported metric is.
     """
-    ranks = np.asarray(ranks, dtype=np.float64).reshape(len(ranks), -1)
+    ranks = _per_seed_columns(ranks)
     if ranks.size == 0:
         return {"acc@1": None, "mrr": None}
     rows = _resamples(len(ranks), resamples, seed)
@@ -152,8 +158,7 @@ def paired_bootstrap(
     ``p_sign``: the share of resamples whose acc@1 difference has the opposite sign of the
     observed one (a bootstrap stand-in for a one-sided p-value).
     """
-    before = np.asarray(before, dtype=np.float64).reshape(len(before), -1)
-    after = np.asarray(after, dtype=np.float64).reshape(len(after), -1)
+    before, after = _per_seed_columns(before), _per_seed_columns(after)
     if before.shape != after.shape:
         raise ValueError(f"paired bootstrap needs the same mentions: {before.shape} vs {after.shape}")
     if before.size == 0:

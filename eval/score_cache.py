@@ -13,7 +13,6 @@ safe to share between threads and processes); a key written twice keeps the last
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -23,14 +22,9 @@ import numpy as np
 
 from kb.blob_cache import BlobCache
 from kb.cache import cache_dir
+from kb.runcore.items import file_digest, score_key
 
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["ScoreCache", "file_digest"]
 
 
 class ScoreCache:
@@ -58,8 +52,7 @@ class ScoreCache:
     def key(
         task: str, image_digest: str | None, bbox: object, context: str | None, candidates: Sequence[str]
     ) -> str:
-        payload = json.dumps([task, image_digest, bbox, context, list(candidates)], ensure_ascii=False)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return score_key(task, image_digest, bbox, context, candidates)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         return self.store.get_many(keys, dtype=np.float32)  # type: ignore[return-value]

@@ -9,7 +9,7 @@ import pytest
 from support import private_cache
 
 from eval.metrics import drift, gold_rank, metrics_from_ranks
-from eval.run import RunConfig, run, summary_line
+from eval.run import NothingScored, RunConfig, main, run, summary_line
 from kb.errors import DatasetError
 
 
@@ -84,7 +84,9 @@ def test_wikimel_t2t_is_well_above_chance(tmp_path: Path, cache: Path, shared_me
 
 def test_i2t_without_images_skips_with_reason(tmp_path: Path, cache: Path, shared_mel: Path) -> None:
     config = RunConfig(dataset="wikimel", task="i2t", limit=20, data_dir=str(shared_mel / "wikimel"))
-    results = run(config, tmp_path / "out", progress=False)
+    with pytest.raises(NothingScored, match="image_missing x20"):  # nothing scored is an error ...
+        run(config, tmp_path / "out", progress=False)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())  # ... with the results kept
     assert results["n"] == 0 and results["skipped"] == {"image_missing": 20}
 
 
@@ -115,3 +117,28 @@ def test_warm_run_never_loads_the_model(tmp_path: Path, cache: Path) -> None:
     warm = run(RunConfig(dataset="demo", task="i2t"), tmp_path / "warm", progress=False)
     assert cold["model_load_seconds"] > 0 and warm["model_load_seconds"] == 0
     assert warm["metrics"] == cold["metrics"]
+
+
+def test_a_run_that_scores_nothing_fails_with_the_reason_and_fix(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every mention skipped (its image is not on disk) is an error a user can act on, not a 0-exit
+    NaN line, and results.json stays strict JSON (null, never NaN)."""
+    from bad_inputs import FORMATS, Case, _files
+
+    m3el = next(f for f in FORMATS if f.dataset == "m3el")
+    data = Case("no_images", "m3el", _files(m3el, [m3el.record, m3el.record])).write(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["--dataset", "m3el", "--data-dir", str(data), "--task", "i2t", "--split", "all"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 2 mentions skipped, none scored" in err and "image_missing x2" in err
+    assert f"no images under {data}" in err and "--task t2t, which needs none" in err
+    text = (out / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    results = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
+    assert results["n"] == 0 and results["metrics"]["acc@1"]["mean"] is None
+    assert results["schema_version"] >= 2
+    # the text task of the same folder scores them: the advice holds
+    t2t = [*argv[:4], "--task", "t2t", "--split", "all", "--out", str(tmp_path / "t2t"), "--quiet"]
+    assert main(t2t) == 0

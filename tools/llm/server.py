@@ -1,160 +1,165 @@
-"""A local OpenAI-compatible server for the embedded model, on the standard library alone.
+"""``python -m tools.llm.server``: the embedded model behind llama-cpp-python's own OpenAI server.
 
-``python -m tools.llm.server [--host 127.0.0.1] [--port 8088] [--model-path GGUF]`` serves
-``POST /v1/chat/completions`` (plain JSON, or server-sent events with ``"stream": true``) and
-``GET /v1/models``, so anything that speaks the OpenAI API (the project's own client, LangChain,
-curl) can use the offline model. ``serve_embedded()`` runs the same server in a thread for the
-length of a ``with`` block. Requests are accepted concurrently but generate one at a time (the
-model's lock). A request without ``temperature`` is greedy (0), not OpenAI's 1: this server
-exists for reproducible evaluation.
+    python -m tools.llm.server [--host 127.0.0.1] [--port 8088] [--model-path GGUF] [--api-key KEY]
+
+A thin launcher: it assembles the GGUF (``tools.llm_weights``, once; or takes ``--model-path``)
+and runs ``llama_cpp.server`` (llama-cpp-python's ``[server]`` extra: FastAPI + uvicorn) on it,
+with the embedded backend's settings (context 4096, every core, seed 0, the GGUF's own chat
+template, the model named as ``EmbeddedChat`` names it). Once the model is loaded and the port
+is open it prints ``MEL_LLM_BASE_URL=http://HOST:PORT/v1``. ``--port 0`` takes a free port.
+
+What llama.cpp's server gives: ``/v1/chat/completions`` (plain and streamed, ``logprobs`` /
+``top_logprobs``, ``response_format`` ``json_object`` and ``json_schema`` through a grammar,
+``seed``), ``/v1/completions``, ``/v1/models`` and ``/docs``. It generates one request at a time
+(its own lock); ``interrupt_requests`` is off, so a waiting request never cuts another's stream
+short. Note what differs from the in-process ``EmbeddedChat``: a request without
+``temperature`` gets the server's default (0.2), not greedy decoding (the project's client
+always sends one), and the server reuses whatever prompt prefix its KV cache holds from the
+previous request, so a greedy answer can differ in float rounding with what was asked before
+(``EmbeddedChat`` evaluates every prompt the same way; see its module doc).
+
+``serve_embedded()`` starts this launcher as a child process for the length of a ``with`` block
+and yields its base URL; ``launched()`` does the same for any command that prints
+``MEL_LLM_BASE_URL=`` (the bench's record-and-replay endpoint).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import collections
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from itertools import chain
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
-
-from tools.llm.base import LLMError, LLMSettings
-from tools.llm.embedded import EmbeddedChat
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8088
+ANNOUNCE = "MEL_LLM_BASE_URL="
+START_TIMEOUT_S = 600.0  # assembling the GGUF the first time and loading it on a busy 2-core machine
 
 
-class EmbeddedServer(ThreadingHTTPServer):
-    """HTTP server holding one ``EmbeddedChat``."""
+def model_settings(model_path: str | None) -> Any:
+    """llama_cpp.server's ``ModelSettings`` for the embedded model (assembled on first call)."""
+    from llama_cpp.server.settings import ModelSettings
 
-    daemon_threads = True
+    from tools.llm.embedded import N_CTX, gguf_path, require_llama_cpp
 
-    def __init__(self, address: tuple[str, int], chat: EmbeddedChat) -> None:
-        super().__init__(address, _Handler)
-        self.chat = chat
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: EmbeddedServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") in ("/v1/models", "/models"):
-            model = {"id": self.server.chat.model_id, "object": "model", "created": 0, "owned_by": "local"}
-            self._json(200, {"object": "list", "data": [model]})
-        else:
-            self._error(404, f"no route {self.path}")
-
-    def do_POST(self) -> None:
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            self._error(404, f"no route {self.path}")
-            return
-        try:
-            request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            messages = request["messages"]
-            if not isinstance(messages, list) or not messages:
-                raise ValueError("messages must be a non-empty list")
-            options = {
-                "temperature": float(request.get("temperature") or 0.0),
-                "max_tokens": int(request.get("max_completion_tokens") or request.get("max_tokens") or 256),
-                "seed": int(request.get("seed") or 0),
-            }
-        except (ValueError, KeyError, TypeError) as exc:
-            self._error(400, f"bad request: {exc}")
-            return
-        try:
-            if request.get("stream"):
-                self._stream(self.server.chat.stream(messages, **options))
-            else:
-                self._json(200, self.server.chat.completion(messages, **options))
-        except LLMError as exc:
-            self._error(400, exc.cause)
-
-    def _stream(self, chunks: Iterator[dict[str, Any]]) -> None:
-        with closing(chunks):  # releases the model when the client hangs up mid-answer
-            first = next(chunks)  # errors before any byte is sent still get an HTTP status
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            try:
-                for event in chain([first], chunks):
-                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                    self.wfile.flush()
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                log.info("client hung up mid-stream")
-            except LLMError as exc:  # headers are out: ending without finish_reason tells the client
-                log.warning("stream failed: %s", exc)
-
-    def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, message: str) -> None:
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        self._json(status, {"error": {"message": message, "type": kind, "code": status}})
+    require_llama_cpp()
+    path = gguf_path(model_path)
+    cores = os.cpu_count() or 1
+    return ModelSettings(
+        model=str(path),
+        model_alias=path.stem,  # the id /v1/models lists and replies carry, as EmbeddedChat names it
+        n_ctx=N_CTX,
+        n_threads=cores,
+        n_threads_batch=cores,
+        seed=0,
+        verbose=False,
+    )
 
 
-@contextmanager
-def serve_embedded(port: int = 0, host: str = "127.0.0.1", model_path: str | None = None) -> Iterator[str]:
-    """Serve the embedded model in a background thread; yields the base URL (``.../v1``).
+def announcing_server(config: Any, base_url: str) -> Any:
+    """A ``uvicorn.Server`` that prints ``MEL_LLM_BASE_URL=<base_url>`` once it has started."""
+    import uvicorn
 
-    ``port=0`` takes a free port. The model loads on the first request (or was already loaded
-    in this process); the server stops when the block ends.
-    """
-    server = EmbeddedServer((host, port), EmbeddedChat(LLMSettings(model=model_path)))
-    thread = threading.Thread(target=server.serve_forever, name="llm-server", daemon=True)
-    thread.start()
-    try:
-        yield server.base_url
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"{ANNOUNCE}{base_url}", flush=True)
+
+    return Server(config)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: a free port")
     parser.add_argument(
         "--model-path", default=None, help="a .gguf file (default: the registry's Qwen2.5-Coder)"
     )
+    parser.add_argument("--api-key", default=None, help="require this bearer key (default: none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    chat = EmbeddedChat(LLMSettings(model=args.model_path))
-    start = time.monotonic()
-    chat.completion([{"role": "user", "content": "hi"}], max_tokens=1)  # load before announcing the URL
-    server = EmbeddedServer((args.host, args.port), chat)
-    log.info("model %s ready in %.1f s; serving %s", chat.model_id, time.monotonic() - start, server.base_url)
-    print(f"MEL_LLM_BASE_URL={server.base_url}", flush=True)
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ServerSettings
+
+    listener = socket.create_server((args.host, args.port))  # bound before the model loads: no race
+    host, port = listener.getsockname()[:2]
+    started = time.monotonic()
+    model = model_settings(args.model_path)
+    server_settings = ServerSettings(host=host, port=port, api_key=args.api_key, interrupt_requests=False)
+    app = create_app(server_settings=server_settings, model_settings=[model])
+    log.info("model %s loaded in %.1f s", model.model_alias, time.monotonic() - started)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    announcing_server(config, f"http://{host}:{port}/v1").run(sockets=[listener])
+
+
+@contextmanager
+def launched(
+    argv: Sequence[str], env: dict[str, str] | None = None, timeout_s: float = START_TIMEOUT_S
+) -> Iterator[str]:
+    """Run ``argv`` as a child process until it prints ``MEL_LLM_BASE_URL=...``; yield that URL and
+    stop the child (SIGTERM, then SIGKILL) when the block ends. Its output is drained in a thread
+    and its last lines are in the error when it dies or stays silent past ``timeout_s``."""
+    process = subprocess.Popen(
+        list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    found: list[str] = []
+    announced = threading.Event()
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            if not found and line.startswith(ANNOUNCE):
+                found.append(line.strip()[len(ANNOUNCE) :])
+                announced.set()
+        announced.set()  # the child ended
+
+    reader = threading.Thread(target=drain, name="server-output", daemon=True)
+    reader.start()
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        if not announced.wait(timeout_s) or not found:
+            state = f"exited with {process.poll()}" if process.poll() is not None else "still silent"
+            raise RuntimeError(
+                f"{' '.join(argv)} gave no base URL within {timeout_s:.0f} s ({state}):\n" + "\n".join(tail)
+            )
+        yield found[0]
     finally:
-        server.server_close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=5)
+
+
+@contextmanager
+def serve_embedded(port: int = 0, host: str = "127.0.0.1", model_path: str | None = None) -> Iterator[str]:
+    """Serve the embedded model with ``python -m tools.llm.server`` in a child process; yields the
+    base URL (``.../v1``) once the model is loaded. ``port=0`` takes a free port."""
+    argv = [sys.executable, "-m", "tools.llm.server", "--host", host, "--port", str(port)]
+    if model_path is not None:
+        argv += ["--model-path", model_path]
+    with launched(argv) as url:
+        yield url
 
 
 if __name__ == "__main__":
