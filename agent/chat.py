@@ -10,8 +10,9 @@ lists what it understands.
 What is deterministic and what is the LLM:
 
 - every line is first read by ``agent.intents`` (rules, no model): commands (``summary``,
-  ``node NODE``, ``compare A B``, ``evidence X``) are answered with trace facts
-  (``agent.facts``) alone;
+  ``node NODE``, ``explain``, ``compare A B``, ``evidence X``) are answered with trace facts
+  (``agent.facts``) alone; ``explain`` lays out the judge's, the pre-ranker's and the fused
+  distributions and says which side the fused decision followed;
 - what-ifs ("what if the descriptors were 'rocket, launch'?", "drop candidate Q5", "use the
   clean image", "use image PATH") fork the decision at a checkpoint into a new thread and run
   the graph on (``agent.forks``); the reply is the new decision and what changed, from
@@ -100,6 +101,8 @@ class ChatSession:
             return numbered(trace_facts.decision_facts(v))
         if intent.kind == "node":
             return numbered(trace_facts.node_facts(v, intent.node or ""))
+        if intent.kind == "fusion":
+            return numbered(trace_facts.decision_facts(v)[3:] + trace_facts.judge_facts(v))
         if intent.kind == "compare":
             a, b = self._pair(intent.candidates)
             return numbered(trace_facts.comparison_facts(v, a, b))

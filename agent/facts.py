@@ -156,6 +156,12 @@ def candidate_facts(values: dict[str, Any], qid: str) -> list[Fact]:
             verdict = "the judge gave no usable answer"
         else:
             verdict = "the judge chose it" if judge.get("decision") == qid else "the judge did not choose it"
+        distributions = judge.get("distributions") or {}
+        if qid in shortlist and distributions.get("judge"):
+            verdict += (
+                f" (judge probability {distributions['judge'][qid]}, pre-ranker {distributions['prerank'][qid]}"
+                f" over the shortlist, fused {distributions['fused'][qid]})"
+            )
         facts.append(Fact("judge", f"{who} {seen}; {verdict}"))
     return facts
 
@@ -167,12 +173,59 @@ def judge_facts(values: dict[str, Any]) -> list[Fact]:
     facts = [
         Fact(
             "judge",
-            f"{judge.get('model')} answered {judge.get('raw')!r} -> {named(values, judge.get('decision'))}",
+            f"{judge.get('model')} answered {judge.get('raw')!r} ({named(values, judge.get('judge_decision'))}) "
+            f"-> decision {named(values, judge.get('decision'))}",
         )
     ]
     if judge.get("fallback"):
         facts.append(Fact("judge", f"fallback to the pre-ranker: {_clip(judge['fallback'], 100)}"))
-    return facts
+    return facts + distribution_facts(values)
+
+
+def _distribution(values: dict[str, Any], probabilities: dict[str, float]) -> str:
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{labels(values).get(q, q)} {p:.3f}" for q, p in ranked)
+
+
+def distribution_facts(values: dict[str, Any]) -> list[Fact]:
+    """The judge's, the pre-ranker's and the fused distribution over the shortlist, and what
+    the fusion did: whether the judge's own choice or the pre-ranker's top won, and by how much."""
+    judge = values.get("judge") or {}
+    distributions = judge.get("distributions") or {}
+    if not distributions.get("prerank"):
+        return []
+    pre, own, fused = distributions["prerank"], distributions.get("judge"), distributions.get("fused")
+    facts = [Fact("judge", f"pre-ranker distribution over the shortlist: {_distribution(values, pre)}")]
+    if not own or not fused:
+        why = "its free-text answer was parsed" if judge.get("method") == "free-text" else "no judge answer"
+        return [*facts, Fact("judge", f"no judge distribution ({why}); no fusion")]
+    weight = judge.get("weight")
+    facts += [
+        Fact(
+            "judge",
+            f"judge distribution ({judge.get('method')}; {judge.get('valid_mass')} of its unconstrained "
+            f"first-token probability was on an index): {_distribution(values, own)}",
+        ),
+        Fact("judge", f"fused p ∝ pre^{1 - weight:.2f} · judge^{weight:.2f}: {_distribution(values, fused)}"),
+    ]
+    decision, pre_top = judge.get("decision"), max(pre, key=pre.get)
+    judge_top = judge.get("judge_decision")
+    if judge_top == decision == pre_top:
+        text = f"the judge and the pre-ranker agreed on {named(values, decision)}"
+    elif decision == pre_top:
+        text = (
+            f"the judge alone preferred {named(values, judge_top)} ({own[judge_top]:.3f}), but the pre-ranker "
+            f"gave it {pre[judge_top]:.4f} against {pre[decision]:.4f} for {named(values, decision)}, "
+            f"so the fused decision stayed with the pre-ranker"
+        )
+    elif decision == judge_top:
+        text = (
+            f"the judge moved the decision from the pre-ranker's {named(values, pre_top)} to "
+            f"{named(values, decision)} (judge {own[decision]:.3f} against {own[pre_top]:.3f})"
+        )
+    else:
+        text = f"neither's top won: the fused decision is {named(values, decision)} ({fused[decision]:.3f})"
+    return [*facts, Fact("judge", text)]
 
 
 def comparison_facts(values: dict[str, Any], a: str, b: str) -> list[Fact]:

@@ -2,7 +2,7 @@
 
 The embedded 1.5B model is unreliable at choosing tools, so ``agent.chat`` reads every line
 with this deterministic parser first. Commands (``help``, ``summary``, ``node NAME``,
-``compare A B``, ``evidence X``) and what-ifs (new descriptors, dropping a candidate, the clean
+``explain`` (the judge's, pre-ranker's and fused distributions), ``compare A B``, ``evidence X``) and what-ifs (new descriptors, dropping a candidate, the clean
 image or another image file) are recognised by patterns and answered without a model; only
 ``why`` questions and other free text go to the LLM, with the matching trace facts in its
 prompt. Candidates are named by QID, label or ``#N`` (pre-ranker rank).
@@ -22,6 +22,7 @@ Ask about this decision (candidates by QID, label or #rank):
   summary                              the decision in a few facts
   node NODE | what went into NODE      what went into and came out of a node ({nodes})
   compare A B                          two candidates side by side (trace facts only)
+  explain | distributions              the judge's, pre-ranker's and fused distributions, and what won
   evidence X                           what was retrieved for a candidate
   why A and not B?                     the LLM explains from the trace facts (which it quotes)
   what if the descriptors were 'w1, w2'?   re-run from describe's checkpoint with new descriptors
@@ -34,7 +35,7 @@ Ask about this decision (candidates by QID, label or #rank):
 class Intent:
     """One parsed line: ``kind`` and what it needs (a node, candidates, descriptor words, a path)."""
 
-    kind: str  # help quit summary node compare evidence why ask descriptors drop clean_image image
+    kind: str  # help quit summary node fusion compare evidence why ask descriptors drop clean_image image
     text: str
     node: str | None = None
     candidates: list[str] = field(default_factory=list)
@@ -67,6 +68,14 @@ COMMANDS: list[tuple[str, re.Pattern[str]]] = [
     ),
     ("clean_image", re.compile(r"\b(?:the\s+)?clean\s+(?:image|picture|photo)\b", re.I)),
     ("image", re.compile(r"\b(?:use|with)\s+(?:the\s+)?image\s+(?P<path>\S+)", re.I)),
+    (
+        "fusion",
+        re.compile(
+            r"^\s*(?:explain(?:\s+(?:the|this|it))?(?:\s+decision)?|distributions?|fusion|fused|probabilit(?:y|ies)"
+            r"|confidence|how (?:was|were) (?:it|they) (?:fused|combined))\s*\??\s*$",
+            re.I,
+        ),
+    ),
     ("compare", re.compile(r"^\s*(?:compare|vs|versus)\s+(?P<who>.+)$", re.I)),
     ("evidence", re.compile(r"^\s*(?:evidence|sources?)\s+(?:for\s+|of\s+|about\s+)?(?P<who>.+)$", re.I)),
 ]

@@ -39,7 +39,13 @@ from agent.resources import Resources, resources_for
 from agent.settings import AgentSettings
 from agent.state import ImageRef, LinkState
 from kb.candidates import CandidateSet
-from kb.cli_args import add_candidate_arguments, add_checkpoint_db_argument, add_dataset_arguments
+from kb.cli_args import (
+    LLM_FLAGS,
+    add_candidate_arguments,
+    add_checkpoint_db_argument,
+    add_dataset_arguments,
+    add_llm_arguments,
+)
 from kb.dataset import Dataset, load_dataset
 from kb.errors import DatasetError
 from kb.ranking import gold_rank_in_order
@@ -305,36 +311,16 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     keeps the environment's value or the default (``AgentSettings``: it2t, tagger)."""
     parser.add_argument("--task", choices=("i2t", "it2t"), default=None)
     parser.add_argument("--scorer", default=None)
-    parser.add_argument("--skip-judge-margin", type=float, default=None)
-    parser.add_argument("--temperature", type=float, default=None, help="judge temperature (paper: 0.75)")
     add_checkpoint_db_argument(parser)
-    parser.add_argument("--wiki", choices=("offline", "online"), default=None)
-    parser.add_argument("--llm-base-url", default=None)
-    parser.add_argument("--llm-model", default=None)
-    parser.add_argument("--llm-api-key", default=None)
+    add_llm_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
-    chosen = {"task": args.task, "scorer": args.scorer, "skip_judge_margin": args.skip_judge_margin}
-    settings = AgentSettings.from_env(**{k: v for k, v in chosen.items() if v is not None})
-    llm = settings.llm
-    overrides = {
-        k: v
-        for k, v in (
-            ("base_url", args.llm_base_url),
-            ("model", args.llm_model),
-            ("api_key", args.llm_api_key),
-        )
-        if v is not None
-    }
-    if args.temperature is not None:
-        overrides["temperature"] = args.temperature
-    settings = settings.replace(llm=llm.replace(**overrides))
-    if args.wiki:
-        settings = settings.replace(wiki=settings.wiki.replace(mode=args.wiki))
+    chosen = {"task": args.task, "scorer": args.scorer}
     if args.checkpoint_db:
-        settings = settings.replace(checkpoint_db=args.checkpoint_db)
-    return settings
+        chosen["checkpoint_db"] = args.checkpoint_db
+    flags = {flag: getattr(args, flag) for flag in LLM_FLAGS}
+    return AgentSettings.from_flags(flags, **{k: v for k, v in chosen.items() if v is not None})
 
 
 if __name__ == "__main__":

@@ -257,6 +257,7 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     descriptions = res.store.get_descriptions(ids)
     origin = {q: "store" for q in descriptions}
     written: dict[str, tuple[str, str]] = {}
+    prompts: dict[str, str] = {}
     fallbacks: list[str] = []
     for candidate in state["candidates"]:
         qid, label = candidate["qid"], candidate["label"]
@@ -264,6 +265,7 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
             continue
         try:
             messages = enrich_messages(label, qid, texts[qid], spotlight)
+            prompts[qid] = "\n".join(f"[{m['role']}] {m['content']}" for m in messages)
             reply = res.llm.chat(messages, temperature=0.0, max_tokens=80)
             sentence = _first_sentence(unmark(reply.text) if spotlight else reply.text)
             if not sentence:
@@ -294,6 +296,7 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     return {
         "descriptions": descriptions,
         "description_origin": origin,
+        "enrich_prompts": prompts,
         "fallbacks": fallbacks,
         "steps": [_step("enrich", started, written=sorted(written), model=model_name, spotlight=spotlight)],
     }

@@ -77,6 +77,30 @@ class AgentSettings(MelSettings):
             nested["wiki"] = WikiSettings.from_env()
         return cls._from_environment({**nested, **overrides})
 
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any], **overrides: Any) -> AgentSettings:
+        """``from_env(**overrides)``, then the command-line flags of ``kb.cli_args.add_llm_arguments``
+        (``llm_base_url``, ``llm_model``, ``llm_api_key``, ``temperature``, ``skip_judge_margin``,
+        ``wiki``): an unset (None) flag keeps the environment's value or the default."""
+        if flags.get("skip_judge_margin") is not None:
+            overrides["skip_judge_margin"] = flags["skip_judge_margin"]
+        settings = cls.from_env(**overrides)
+        llm = {
+            field: flags.get(flag)
+            for field, flag in (
+                ("base_url", "llm_base_url"),
+                ("model", "llm_model"),
+                ("api_key", "llm_api_key"),
+                ("temperature", "temperature"),
+            )
+            if flags.get(flag) is not None
+        }
+        if llm:
+            settings = settings.replace(llm=settings.llm.replace(**llm))
+        if flags.get("wiki"):
+            settings = settings.replace(wiki=settings.wiki.replace(mode=flags["wiki"]))
+        return settings
+
     def identity(self) -> dict[str, Any]:
         """What of these settings changes a decision, for a run's ``config.json`` to pin: the
         routing and describer fields (the judge's weight and margin, structured choice and

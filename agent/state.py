@@ -42,8 +42,9 @@ class LinkState(TypedDict, total=False):
     retrieval: dict[str, float]  # QID -> cosine of its stored evidence to the image+context query
     descriptions: dict[str, str]  # QID -> the LLM's sentence-level description
     description_origin: dict[str, str]  # QID -> "llm" | "store" | "fallback:<why>"
-    prerank: dict[str, Any]
-    judge: dict[str, Any]
+    enrich_prompts: dict[str, str]  # QID -> the writer's prompt, for descriptions written in this decision
+    prerank: dict[str, Any]  # Model*: qids, scores, probabilities (candidate order), order, margin, decisive
+    judge: dict[str, Any]  # shortlist, distributions {prerank, judge, fused}, weight, method, decision
     decision: str
     decided_by: str  # "judge" | "prerank" (judge skipped or failed)
     ranking: list[str]

@@ -124,14 +124,31 @@ def node_lines(node: str, output: dict[str, Any], labels: dict[str, str]) -> lis
     if node == "judge":
         j = output["judge"]
         return [
-            f"model {j.get('model')}",
+            f"model {j.get('model')}, method {j.get('method')}, weight {j.get('weight')}",
             "prompt:",
             *[f"  | {line}" for line in j.get("prompt", "").splitlines()],
             f"raw answer: {j.get('raw')!r}",
-            f"choice {j.get('choice')} -> {j.get('decision')}",
+            f"choice {j.get('choice')} -> {j.get('judge_decision')} (judge); decision {j.get('decision')} (fused)",
+            f"unconstrained: {j.get('valid_mass')} of the first token's probability on an index, top {j.get('free_top')!r}",
+            *distribution_lines(j, labels),
             f"fallback: {j.get('fallback')}",
         ]
     return [f"decision {output['decision']} by {output['decided_by']}, correct {_cell(output['correct'])}"]
+
+
+def distribution_lines(judge: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The shortlist with the pre-ranker's, the judge's and the fused probability of each."""
+    d = judge.get("distributions") or {}
+    if not d.get("prerank"):
+        return []
+    width = max(len(f"{labels.get(q, q)} ({q})") for q in judge["shortlist"])
+    lines = [f"{'candidate':<{width + 3}} pre-ranker    judge    fused"]
+    for i, q in enumerate(judge["shortlist"], 1):
+        cells = [d[k].get(q) if d.get(k) else None for k in ("prerank", "judge", "fused")]
+        shown = "  ".join(f"{'-' if c is None else f'{c:.4f}':>8}" for c in cells)
+        mark = "  <- decision" if q == judge.get("decision") else ""
+        lines.append(f"{i}. {labels.get(q, q) + f' ({q})':<{width}} {shown}{mark}")
+    return lines
 
 
 def diff_report(a: Thread, b: Thread) -> dict[str, Any]:

@@ -22,7 +22,7 @@ NODE_KEYS: dict[str, tuple[str, ...]] = {
     "describe": ("descriptors",),
     "retrieve": ("evidence", "context_evidence", "looked_up"),
     "store": ("retrieval",),
-    "enrich": ("descriptions", "description_origin"),
+    "enrich": ("descriptions", "description_origin", "enrich_prompts"),
     "prerank": ("prerank",),
     "judge": ("judge",),
     "answer": ("decision", "decided_by", "ranking", "correct"),

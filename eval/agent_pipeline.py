@@ -46,11 +46,11 @@ FALLBACK_KINDS = {
 
 
 def agent_settings(config: RunConfig, out: Path | None = None) -> AgentSettings:
-    """The agent's settings for a run: the environment's, with the run's task and scorer."""
+    """The agent's settings for a run: the environment's and the run's LLM flags, with its task and scorer."""
     overrides: dict[str, Any] = {"task": config.task, "scorer": config.scorer}
     if out is not None:
         overrides["checkpoint_db"] = out / CHECKPOINTS
-    return AgentSettings.from_env(**overrides)
+    return AgentSettings.from_flags(config.agent_flags or {}, **overrides)
 
 
 def agent_identity(config: RunConfig) -> dict[str, Any]:

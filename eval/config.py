@@ -19,8 +19,9 @@ from kb.runcore.selection import DEFAULT_SPLIT
 
 PIPELINES = ("prerank", "agent")
 ATTACK_FIELDS = ("attack", "adv_dir", "adv_format", "presets_file")
-NOT_IDENTITY = ("batch_size",)
-"""Fields that change how a run is computed, not what it computes."""
+NOT_IDENTITY = ("batch_size", "agent_flags")
+"""Fields that change how a run is computed, not what it computes (the agent's flags change
+its results, but they are pinned through the settings they make: ``agent``)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class RunConfig:
     adv_format: str = "png"
     presets_file: str | None = None  # custom presets file (attacks.presets.load_presets)
     agent: dict[str, Any] | None = None  # the agent's pinned LLM/VLM/judge settings (AgentPipeline)
+    agent_flags: dict[str, Any] | None = None  # --llm-* etc. (kb.cli_args.LLM_FLAGS); pinned via ``agent``
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:

@@ -54,8 +54,10 @@ from eval.config import RunConfig, default_out
 from eval.evaluator import Evaluator
 from eval.results import AttackResults, RunResults, summary_line, write_results
 from kb.cli_args import (
+    LLM_FLAGS,
     add_candidate_arguments,
     add_dataset_arguments,
+    add_llm_arguments,
     add_presets_file_argument,
     add_quiet_argument,
 )
@@ -216,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="png: the released 8-bit images (default); pt: the exact float tensors",
     )
     add_presets_file_argument(attack)
+    add_llm_arguments(parser.add_argument_group("agent (--pipeline agent): LLM and routing"))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
     add_quiet_argument(parser)
     add_executor_arguments(parser)
@@ -243,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         adv_dir=args.adv_dir,
         adv_format=args.adv_format,
         presets_file=args.presets_file,
+        agent_flags={flag: getattr(args, flag) for flag in LLM_FLAGS if getattr(args, flag) is not None}
+        or None,
     )
     out = args.out or default_out(config)
     try:

@@ -204,3 +204,22 @@ def add_checkpoint_db_argument(
 def add_quiet_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--quiet``: no progress bar (results are printed and written all the same)."""
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+LLM_FLAGS = ("llm_base_url", "llm_model", "llm_api_key", "temperature", "skip_judge_margin", "wiki")
+"""The ``argparse`` destinations of ``add_llm_arguments`` (``AgentSettings.from_flags`` reads them)."""
+
+
+def add_llm_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The agent's LLM and routing as flags, for every command that runs the agent: an unset flag
+    keeps the environment's value (``MEL_LLM_*``, ``MEL_AGENT_*``, ``MEL_WIKI_MODE``) or the default."""
+    parser.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint (default: embedded)")
+    parser.add_argument("--llm-model", default=None, help="model name at that endpoint")
+    parser.add_argument("--llm-api-key", default=None, help="API key for that endpoint")
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="judge temperature (default 0; paper: 0.75)"
+    )
+    parser.add_argument(
+        "--skip-judge-margin", type=float, default=None, help="skip the judge above this margin"
+    )
+    parser.add_argument("--wiki", choices=("offline", "online"), default=None, help="wiki backend")

@@ -142,3 +142,27 @@ def test_a_run_that_scores_nothing_fails_with_the_reason_and_fix(
     # the text task of the same folder scores them: the advice holds
     t2t = [*argv[:4], "--task", "t2t", "--split", "all", "--out", str(tmp_path / "t2t"), "--quiet"]
     assert main(t2t) == 0
+
+
+def test_an_agent_run_pins_its_llm_and_refuses_a_resume_with_another(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.json pins the judge: resuming after MEL_LLM_MODEL (or --llm-model) changed would mix
+    two models' decisions in one items.jsonl, so it is refused, naming the ``agent`` key."""
+    from bad_inputs import FORMATS, Case, _files
+
+    m3el = next(f for f in FORMATS if f.dataset == "m3el")
+    data = Case("no_images", "m3el", _files(m3el, [m3el.record])).write(tmp_path / "data")
+    argv = ["--dataset", "m3el", "--data-dir", str(data), "--split", "all", "--task", "i2t"]
+    argv += ["--pipeline", "agent", "--llm-base-url", "http://127.0.0.1:9/v1", "--quiet"]
+    out = tmp_path / "agent-run"
+    monkeypatch.setenv("MEL_LLM_MODEL", "model-a")
+    assert main([*argv, "--out", str(out)]) == 1  # its one mention has no image: nothing scored
+    pinned = json.loads((out / "config.json").read_text())["agent"]["llm"]
+    assert pinned["model"] == "model-a" and pinned["base_url"] == "http://127.0.0.1:9/v1"
+    assert "api_key" not in json.dumps(pinned)
+    assert main([*argv, "--out", str(out)]) == 1  # the same model resumes
+    monkeypatch.setenv("MEL_LLM_MODEL", "model-b")
+    with pytest.raises(DatasetError, match="differs in agent"):
+        run(RunConfig(dataset="m3el", data_dir=str(data), split="all", task="i2t", pipeline="agent"), out)
+    assert main([*argv, "--llm-model", "model-a", "--out", str(out)]) == 1  # a flag beats the environment

@@ -1,12 +1,10 @@
 """LLM backends: settings, the OpenAI-compatible client against misbehaving servers, the answer
-parser, and the real embedded model in-process and over real HTTP."""
+parser, and the real embedded model in-process (over HTTP through llama.cpp's own server:
+tests/test_llama_server.py)."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from openai_faults_server import ANSWER, MODEL, fault_server
@@ -252,20 +250,6 @@ def test_embedded_rejects_image_parts_before_loading() -> None:
         EmbeddedChat().chat([{"role": "user", "content": [{"type": "text", "text": "what?"}, image_part]}])
 
 
-def test_local_server_rejects_bad_requests() -> None:
-    from tools.llm.server import serve_embedded
-
-    with serve_embedded() as url:
-        for body in (b"not json", json.dumps({"messages": []}).encode()):
-            request = urllib.request.Request(f"{url}/chat/completions", data=body, method="POST")
-            with pytest.raises(urllib.error.HTTPError) as caught:
-                urllib.request.urlopen(request, timeout=10)
-            assert (
-                caught.value.code == 400
-                and "bad request" in json.loads(caught.value.read())["error"]["message"]
-            )
-
-
 @pytest.fixture(scope="module")
 def embedded_answer():
     chat = EmbeddedChat()
@@ -283,50 +267,7 @@ def test_embedded_model_answers_deterministically(embedded_answer) -> None:
 
 
 @pytest.mark.slow
-def test_embedded_model_over_real_http_gives_the_same_text(embedded_answer) -> None:
-    from tools.llm.server import serve_embedded
-
-    _, local = embedded_answer
-    with serve_embedded() as url:
-        with urllib.request.urlopen(f"{url}/models", timeout=10) as response:
-            assert json.loads(response.read())["data"][0]["id"] == local.model
-        for stream in (False, True):
-            client = chat_model(LLMSettings(base_url=url, stream=stream, timeout_s=120, budget_s=240))
-            reply = client.chat(QUESTION, max_tokens=8)
-            assert (reply.text, reply.model, reply.attempts) == (local.text, local.model, 1)
-
-
-@pytest.mark.slow
 def test_embedded_prompt_over_the_context_is_an_llm_error(embedded_answer) -> None:
     chat, _ = embedded_answer
     with pytest.raises(LLMError, match="context"):
         chat.chat([{"role": "user", "content": "word " * 5000}], max_tokens=4)
-
-
-@pytest.mark.slow
-def test_local_server_survives_a_client_hanging_up_mid_stream(embedded_answer) -> None:
-    """The model's lock is released when a streaming client goes away, so the next request runs."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    from tools.llm.server import serve_embedded
-
-    _, local = embedded_answer
-    with serve_embedded() as url:
-        parts = urlsplit(url)
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        body = {
-            "messages": [{"role": "user", "content": "Count from 1 to 50."}],
-            "max_tokens": 24,
-            "stream": True,
-        }
-        connection.request(
-            "POST", f"{parts.path}/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
-        )
-        response = connection.getresponse()
-        assert response.status == 200 and response.read(6) == b"data: "
-        connection.close()
-        reply = chat_model(LLMSettings(base_url=url, timeout_s=120, budget_s=240)).chat(
-            QUESTION, max_tokens=8
-        )
-    assert reply.text == local.text

@@ -10,7 +10,9 @@ is open it prints ``MEL_LLM_BASE_URL=http://HOST:PORT/v1``. ``--port 0`` takes a
 
 What llama.cpp's server gives: ``/v1/chat/completions`` (plain and streamed, ``logprobs`` /
 ``top_logprobs``, ``response_format`` ``json_object`` and ``json_schema`` through a grammar,
-``seed``), ``/v1/completions``, ``/v1/models`` and ``/docs``. It generates one request at a time
+``seed``), ``/v1/completions``, ``/v1/models`` and ``/docs``. llama-cpp-python 0.3 knows a schema
+only as ``{"type": "json_object", "schema": ...}``; ``JsonSchemaFormat`` (the one piece added here)
+rewrites OpenAI's ``{"type": "json_schema", "json_schema": {"schema": ...}}`` into that form. It generates one request at a time
 (its own lock); ``interrupt_requests`` is off, so a waiting request never cuts another's stream
 short. Note what differs from the in-process ``EmbeddedChat``: a request without
 ``temperature`` gets the server's default (0.2), not greedy decoding (the project's client
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import logging
 import os
 import signal
@@ -65,6 +68,56 @@ def model_settings(model_path: str | None) -> Any:
     )
 
 
+class JsonSchemaFormat:
+    """ASGI middleware: a chat request's OpenAI ``response_format`` ``{"type": "json_schema",
+    "json_schema": {"schema": S}}`` reaches llama-cpp-python as ``{"type": "json_object", "schema":
+    S}``, the grammar-constrained form it implements; every other request passes untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].rstrip("/").endswith("/chat/completions")
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        body = openai_schema_as_llama_cpp(b"".join(chunks))
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> dict[str, Any]:
+            return pending.pop() if pending else await receive()
+
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+def openai_schema_as_llama_cpp(body: bytes) -> bytes:
+    """The request body with a ``json_schema`` response format rewritten (see ``JsonSchemaFormat``)."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return body  # the server answers a malformed body itself
+    form = request.get("response_format") if isinstance(request, dict) else None
+    if not isinstance(form, dict) or form.get("type") != "json_schema":
+        return body
+    spec = form.get("json_schema") if isinstance(form.get("json_schema"), dict) else {}
+    request["response_format"] = {
+        "type": "json_object",
+        **({"schema": spec["schema"]} if "schema" in spec else {}),
+    }
+    return json.dumps(request).encode()
+
+
 def announcing_server(config: Any, base_url: str) -> Any:
     """A ``uvicorn.Server`` that prints ``MEL_LLM_BASE_URL=<base_url>`` once it has started."""
     import uvicorn
@@ -99,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     server_settings = ServerSettings(host=host, port=port, api_key=args.api_key, interrupt_requests=False)
     app = create_app(server_settings=server_settings, model_settings=[model])
     log.info("model %s loaded in %.1f s", model.model_alias, time.monotonic() - started)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(JsonSchemaFormat(app), log_level="warning", timeout_graceful_shutdown=5)
     announcing_server(config, f"http://{host}:{port}/v1").run(sockets=[listener])
 
 
