@@ -61,6 +61,10 @@ class Evaluator:
 
             self.agent = AgentPipeline(config, dataset, out)
             self.pipeline = StagedPipeline(self.agent, self.pipeline)
+        elif config.pipeline == "mllm":
+            from eval.mllm_pipeline import MllmPipeline
+
+            self.pipeline = MllmPipeline(config, dataset)
 
     def evaluate(self, condition: str = CLEAN, attach: Callable[[PreparedItem], None] | None = None) -> None:
         config, log = self.config, self.log
@@ -120,6 +124,8 @@ class Evaluator:
         }
         if self.agent is not None:
             summary.update(self.stage_summary(condition))
+        if self.config.pipeline == "mllm":  # answers naming no candidate: wrong, and counted
+            summary["invalid_answers"] = sum(1 for r in self.records(condition, first) if r.get("invalid"))
         return summary
 
     def rank_matrix(self, condition: str, stage: str | None = None) -> tuple[list[str], np.ndarray]:

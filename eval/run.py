@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from eval import replay, tables
-from eval.config import RunConfig, default_out
+from eval.config import LLM_PIPELINES, PIPELINES, RunConfig, default_out
 from eval.evaluator import Evaluator
 from eval.results import AttackResults, RunResults, summary_line, write_results
 from kb.cli_args import (
@@ -85,12 +85,14 @@ def run(
     Raises ``NothingScored`` (after writing ``results.json``) when no mention could be scored.
     """
     started = time.perf_counter()
-    if executor is not None and executor.is_ray and config.pipeline == "agent":
-        raise ValueError("--executor ray shards the prerank pipeline; run --pipeline agent locally")
+    if executor is not None and executor.is_ray and config.pipeline != "prerank":
+        raise ValueError(
+            f"--executor ray shards the prerank pipeline; run --pipeline {config.pipeline} locally"
+        )
     if config.attack and config.task not in IMAGE_TASKS:
         raise ValueError(f"--attack perturbs images: use an image task ({', '.join(IMAGE_TASKS)})")
     presets = replay.presets_for(config) if config.attack else []  # unknown names fail before work
-    if config.pipeline == "agent" and config.agent is None:
+    if config.pipeline in LLM_PIPELINES and config.agent is None:
         from eval.agent_pipeline import agent_identity
 
         config = replace(config, agent=agent_identity(config))
@@ -191,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=TASKS, default="it2t")
     parser.add_argument(
         "--pipeline",
-        choices=("prerank", "agent"),
+        choices=PIPELINES,
         default="prerank",
-        help="prerank: the scorer alone; agent: the LLM-RetLink graph with this scorer as pre-ranker",
+        help="prerank: the scorer alone; agent: the LLM-RetLink graph with this scorer as pre-ranker; "
+        "mllm: the judge alone on the image and candidate labels (Table 4's MLLM baseline)",
     )
     parser.add_argument(
         "--scorer", default="tagger", help="tagger, mcr, clip:DIR, openclip:ARCH/WEIGHTS, ..."
