@@ -6,7 +6,9 @@
 One thread per linking decision, named ``<run id>|<mention id>|<condition>`` (condition is
 ``clean`` or an attack preset folder such as ``PGD-strong``), so ``agent.trace`` can find,
 list, diff and replay it. ``graph`` at the bottom is what ``langgraph dev`` opens
-(``langgraph.json``); it runs on default resources built from the environment.
+(``langgraph.json``): compiled without a checkpointer (LangGraph's server brings its own), it
+gets an ``AgentContext`` the server builds from the run's JSON, so its resources come from the
+environment (``agent.resources.default_resources``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def build_graph() -> StateGraph:
 
 
 def open_checkpointer(path: Path) -> SqliteSaver:
-    """A SQLite checkpointer on ``path`` (created with its folder); safe to share across threads."""
+    """A SQLite checkpointer on ``path`` (created with its folder). Safe to share across threads:
+    the connection allows other threads (``check_same_thread=False``) and ``SqliteSaver`` runs
+    every statement under its own lock (langgraph-checkpoint-sqlite's ``SqliteSaver.cursor``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False))
 

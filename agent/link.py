@@ -9,7 +9,7 @@
 
 Common options: [--data-dir DIR] [--task it2t|i2t] [--scorer tagger] [--candidates 10|all]
 [--seed 0] [--run-id NAME] [--skip-judge-margin M] [--temperature T] [--checkpoint-db PATH]
-[--wiki offline|online] [--llm-base-url URL --llm-model NAME --llm-api-key KEY].
+[--wiki offline|online] [--llm-base-url URL --llm-model NAME --llm-api-key KEY] [--concurrency N].
 The flags mean what they mean in every command (``kb.cli_args``): ``--candidates`` is λ per
 mention, ``--qids`` an explicit candidate list, ``--split`` defaults to ``test``.
 
@@ -20,6 +20,13 @@ mid-graph resumes from its last checkpoint (LangGraph's durable execution), so a
 re-run with the same ``--run-id`` does no finished decision twice. Candidate labels of the ad
 hoc form come from ``--kb``'s knowledge base, else from the Wikidata client (offline replica
 by default).
+
+``--concurrency N`` runs N decisions at once on a thread pool (``in_order``), sharing one set of
+resources and one SQLite checkpointer (LangGraph's ``SqliteSaver`` guards its connection with a
+lock, so threads may share it); records still come out in mention order, so the output is a
+sequential run's. The default follows the backend (``default_concurrency``): 1 for the
+in-process embedded model, which generates one answer at a time anyway, 8 for a served LLM,
+whose waits the other decisions' work then fills.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.concurrency import add_concurrency_argument, default_concurrency, in_order
 from agent.graph import compile_graph, open_checkpointer, thread_id
 from agent.nodes import AgentContext
 from agent.resources import Resources, resources_for
@@ -159,23 +167,29 @@ def link_mentions(
     run_id: str,
     images: dict[str, ImageRef | None] | None = None,
     condition: str = "clean",
+    concurrency: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one record per mention as it finishes; a failing item becomes an ``error`` record."""
-    for mention, candidates in zip(mentions, candidate_sets, strict=True):
+    """Yield one record per mention, in mention order (``concurrency`` decisions at once, see
+    ``in_order``); a failing item becomes an ``error`` record."""
+
+    def decide(job: tuple[Mention, CandidateSet]) -> dict[str, Any]:
+        mention, candidates = job
         image = images[mention.id] if images and mention.id in images else clean_image(mention)
         started = time.perf_counter()
         try:
             state = initial_state(run_id, mention, candidates, dataset.entities, image)
             final, thread, _ = linker.link(state, condition)
-            yield decision_record(final, thread, time.perf_counter() - started)
+            return decision_record(final, thread, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - recorded per item, the run goes on
-            yield {
+            return {
                 "id": mention.id,
                 "gold": mention.gold,
                 "candidates": list(candidates.qids),
                 "thread": thread_id(run_id, mention.id, condition),
                 "error": f"agent_error: {type(exc).__name__}: {str(exc)[:200]}",
             }
+
+    yield from in_order(decide, list(zip(mentions, candidate_sets, strict=True)), concurrency)
 
 
 def build_candidates(
@@ -204,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_candidate_arguments(candidates, qids=True, seeds=False)
     parser.add_argument("--run-id", default=None, help="names the threads (default: a timestamp)")
+    add_concurrency_argument(parser)
     add_settings_arguments(parser)
     return parser
 
@@ -227,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     linker = Linker(resources_for(settings, dataset.entities, dataset.name), settings.checkpoint_db)
     correct = total = 0
     try:
-        for record in link_mentions(linker, dataset, mentions, sets, run_id):
+        concurrency = args.concurrency or default_concurrency(settings)
+        for record in link_mentions(linker, dataset, mentions, sets, run_id, concurrency=concurrency):
             print(json.dumps(cli_record(record, dataset.entities), ensure_ascii=False), flush=True)
             if record["error"] is None and record["gold_in_candidates"]:
                 total += 1

@@ -150,8 +150,10 @@ def red_team(
     db: Path,
     phrasings: Sequence[str] = tuple(PHRASINGS),
     arms: Sequence[bool] = (True, False),
+    progress: Any = None,
 ) -> dict[str, Any]:
-    """Clean and planted decisions of every mention in every arm, and their numbers (module doc)."""
+    """Clean and planted decisions of every mention in every arm, and their numbers (module doc);
+    ``progress(result so far)`` is called after each mention."""
     resources = {arm: arm_resources(base, arm) for arm in arms}
     names = {True: "on", False: "off"}
     rows: list[dict[str, Any]] = []
@@ -188,6 +190,8 @@ def red_team(
                 result["thread"] = thread
                 row["attacks"].setdefault(phrasing, {})[names[arm]] = result
         rows.append(row)
+        if progress is not None:
+            progress({"arms": {names[a]: summary(rows, names[a]) for a in arms}, "mentions": rows})
     return {"arms": {names[a]: summary(rows, names[a]) for a in arms}, "mentions": rows}
 
 
@@ -271,20 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     sets = build_candidates(dataset, mentions, args.candidates, args.seed)
     run_id = args.run_id or f"redteam-{dataset.name}-{args.split}-{settings.task}-l{args.candidates}"
     base = resources_for(settings, dataset.entities, dataset.name)
-    result = red_team(base, dataset, mentions, sets, run_id, settings.checkpoint_db, phrasings, arms)
-    result.update(
-        dataset=dataset.name,
-        split=args.split,
-        task=settings.task,
-        candidates=args.candidates,
-        phrasings={p: PHRASINGS[p] for p in phrasings},
-        agent=settings.identity(),
-        run_id=run_id,
-        checkpoint_db=str(settings.checkpoint_db),
-    )
     out = args.out or Path("runs") / "redteam" / f"{dataset.name}-{args.split}-{settings.task}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    about = {
+        "dataset": dataset.name,
+        "split": args.split,
+        "task": settings.task,
+        "candidates": args.candidates,
+        "phrasings": {p: PHRASINGS[p] for p in phrasings},
+        "agent": settings.identity(),
+        "run_id": run_id,
+        "checkpoint_db": str(settings.checkpoint_db),
+    }
+
+    def write(result: dict[str, Any]) -> None:  # after every mention: a cut-off run keeps its numbers
+        result = {**result, **about, "mentions_planned": len(mentions)}
+        out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    result = red_team(base, dataset, mentions, sets, run_id, settings.checkpoint_db, phrasings, arms, write)
+    write(result)
     print(table(result))
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -51,29 +51,32 @@ def fence(text: str) -> str:
 
 
 def unmark(text: str) -> str:
-    """An answer with any copied marker and fence characters turned back into spaces."""
-    return " ".join(_REMOVED.sub(" ", text).split())
+    """Marked text (or an answer that copied the marker) with marker and fence characters turned
+    back into spaces, and markers between CJK characters dropped."""
+    joined = re.sub(f"(?<=[{_CJK}]){MARK}(?=[{_CJK}])", "", text)
+    return " ".join(_REMOVED.sub(" ", joined).split())
 
 
 _CUES = [
-    # addressing the reader
-    r"\b(?:you|your|yours|yourself|yourselves)\b",
+    # addressing the reader (a hyphenated "pay-as-you-go" is not)
+    r"(?<![-\w])(?:you|your|yours|yourself|yourselves)(?![-\w])",
     r"\b(?:dich|deine?|euch)\b",
     r"\b(?:vous|votre|toi)\b",
     r"\b(?:usted|ustedes|vosotros)\b",
     r"[你您]",
     # orders about the task
-    r"\b(?:ignore|ignoring|disregard|forget|override)\b",
+    r"\b(?:ignore|disregard|forget|override)\b",
     r"\b(?:answer|respond|reply)\s+(?:with|only|by|the|index|number)\b",
     r"\b(?:choose|select|pick)\s+(?:candidate|option|number|index|the|this|it)\b",
-    r"\bindex\s+of\b",
     r"\b(?:candidate|option|choice|answer)\s*(?:#|no\.?|number)?\s*\d+\b",
     r"\b(?:the\s+)?(?:correct|right|best)\s+(?:answer|candidate|choice|option)\b",
-    r"\b(?:instructions?|system\s+(?:prompt|message))\b",
+    r"\b(?:new|following|previous|above|these|my|system)\s+instructions?\b",
+    r"\binstructions?\s+(?:for|to)\s+(?:the\s+)?(?:assistant|model|ai|judge|reader)\b",
+    r"\bsystem\s*(?:prompt|message|note)?\s*:",
     r"\b(?:ignorier\w*|vergiss|antworte\w*|wähle\w*|anweisung\w*|richtige\s+antwort)\b",
-    r"\b(?:ignorez|oubliez|répond\w*|choisi\w*|consigne\w*|bonne\s+réponse)\b",
-    r"\b(?:ignora\w*|olvida\w*|responde\w*|elige|elija|selecciona\w*|instrucci\w*|rispondi\w*|scegli\w*)\b",
-    r"\b(?:indice|índice|kandidat\w*|candidat[oe]?s?\b\s*\d)",
+    r"\b(?:ignorez|oubliez|répond(?:ez|s)|choisi(?:ssez|s)|consignes?|bonne\s+réponse)\b",
+    r"\b(?:ignora|ignorad|olvida\w*|responde|respondé|elige|elija|selecciona|rispondi|scegli)\b",
+    r"\b(?:l'indice|el\s+índice|den\s+index|dem\s+index|le\s+numéro)\b",
     r"忽略|回答|选择|指令|候选|索引|编号",
 ]
 _CUE = re.compile("|".join(f"(?:{c})" for c in _CUES), re.IGNORECASE)

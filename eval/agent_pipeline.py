@@ -8,6 +8,12 @@ The item line keeps eval's schema (ranking, prediction, correct, rank) and adds 
 fields: ``thread``, ``decided_by``, ``judge`` (used / skipped / fallback), ``node_seconds``
 and ``fallbacks``. An image the reader cannot decode is skipped with the reader's reason, as
 the pre-ranker run skips it, so both pipelines score the same items.
+
+``--concurrency N`` (``RunConfig.concurrency``; default ``agent.concurrency.default_concurrency``:
+1 with the embedded LLM, 8 with a served one) links a chunk's items N at a time on a thread pool
+(``agent.concurrency.in_order``) and hands the records back in item order, so the evaluator, the
+only writer of ``items.jsonl``, writes what a sequential run writes. A run killed mid-chunk
+resumes as before: finished threads are read back, cut-off ones continue from their checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.concurrency import default_concurrency, in_order
 from agent.link import Linker, decision_record, initial_state
 from agent.resources import resources_for
 from agent.settings import AgentSettings
@@ -74,6 +81,7 @@ class AgentPipeline:
         self.dataset = dataset
         self.run_name = out.name
         self.settings = agent_settings(config, out)
+        self.concurrency = getattr(config, "concurrency", None) or default_concurrency(self.settings)
         self._linker: Linker | None = None
 
     @property
@@ -123,8 +131,10 @@ class AgentPipeline:
         return {**base, **record, "gold": mention.gold}
 
     def process(self, items: list[PreparedItem], seed: int, condition: str) -> Iterator[dict[str, Any]]:
-        for item in items:
-            yield self.link(item, seed, condition)
+        """The items' records in item order, ``self.concurrency`` decisions at once."""
+        if items:
+            _ = self.linker  # opened here, before any worker thread needs it
+        yield from in_order(lambda item: self.link(item, seed, condition), items, self.concurrency)
 
     def finish(self, condition: str) -> Iterator[dict[str, Any]]:
         """Every decision is written as it is made: nothing is kept back."""

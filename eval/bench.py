@@ -5,11 +5,10 @@ text caches) with the local executor and with ``--executor ray`` on a local clus
 ``--workers`` one-CPU actors started beforehand (cluster start is not timed; actor start and
 model loading are), and the ratio Ray / local. Both runs must give the same metrics.
 
-``agent``: seconds per mention of the LLM-RetLink graph with the embedded judge (Qwen2.5-Coder
-1.5B GGUF through llama.cpp) on pictured mentions, p50 and p95, per node too. Cold = empty
-candidate store (every candidate's evidence fetched and its description written by the LLM);
-warm = the same mentions again under a new run id (evidence and descriptions come from the
-store, so describe, prerank and the judge are what is left). Model loading is reported apart.
+``agent``: LLM-RetLink's seconds per decision, cold and warm, p50/p95 per node, with the embedded
+judge; with ``--concurrency 1,4,16`` its throughput at each number of decisions in flight
+against an OpenAI-compatible endpoint on 127.0.0.1, by default one that replays the real model's
+recorded answers after a fixed delay (``eval.agent_bench``).
 
 ``prerank``: pre-ranker throughput on WikiMEL, cold and warm.
 
@@ -31,12 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from eval import agent_bench
 from kb.cache import cache_dir
-from kb.cli_args import add_candidate_arguments, add_dataset_arguments
 from kb.dataset import load_dataset
 
 TARGET_SECONDS = 300.0
-AGENT_TARGET_P50 = 3.0
 
 
 def timed_run(arguments: list[str], env: dict[str, str], out: Path) -> tuple[float, dict]:
@@ -135,63 +133,6 @@ def ray_scaling(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
-def percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
-def agent(args: argparse.Namespace) -> None:
-    """Cold and warm passes over the same mentions, each decision in its own thread."""
-    from agent.candidate_store import CandidateStore
-    from agent.link import Linker, build_candidates, link_mentions
-    from agent.resources import Resources
-    from agent.settings import AgentSettings
-    from tools import registry
-
-    dataset = load_dataset(args.dataset, args.data_dir)
-    mentions = [m for m in dataset.split(args.split) if m.has_image][: args.limit]
-    sets = build_candidates(dataset, mentions, args.candidates, seed=args.seed)
-    with tempfile.TemporaryDirectory() as scratch:
-        settings = AgentSettings.from_env(task=args.task, checkpoint_db=Path(scratch) / "bench.sqlite")
-        resources = Resources(settings, dataset.entities)
-        resources.store = CandidateStore(registry.get("minilm"), Path(scratch) / "chroma")
-        started = time.perf_counter()
-        _ = resources.scorer, resources.describer, resources.wiki
-        resources.llm.chat(
-            [{"role": "user", "content": "Say OK."}], max_tokens=2
-        )  # LLMError: no judge, no bench
-        load = time.perf_counter() - started
-        linker = Linker(resources, settings.checkpoint_db)
-        print(
-            f"{dataset.name}/{args.split}: {len(mentions)} pictured mentions, "
-            f"λ={'all' if args.candidates is None else args.candidates}, task {args.task}, "
-            f"judge {resources.llm.name}; models loaded in {load:.1f} s"
-        )
-        print(f"{'pass':<5} {'p50 s':>7} {'p95 s':>7} {'mean s':>7}  per-node p50 s")
-        p50_warm = float("nan")
-        for name in ("cold", "warm"):
-            records = list(link_mentions(linker, dataset, mentions, sets, run_id=f"bench-{name}"))
-            done = [r for r in records if r["error"] is None]
-            seconds = [r["seconds"] for r in done]
-            nodes = {
-                node: percentile([r["node_seconds"][node] for r in done if node in r["node_seconds"]], 50)
-                for node in ("describe", "retrieve", "store", "enrich", "prerank", "judge")
-            }
-            per_node = " ".join(f"{node} {value:.2f}" for node, value in nodes.items())
-            print(
-                f"{name:<5} {percentile(seconds, 50):7.2f} {percentile(seconds, 95):7.2f} "
-                f"{sum(seconds) / max(len(seconds), 1):7.2f}  {per_node}"
-                + (f"  ({len(records) - len(done)} failed)" if len(done) < len(records) else "")
-            )
-            p50_warm = percentile(seconds, 50)
-        linker.close()
-    verdict = "meets" if p50_warm <= AGENT_TARGET_P50 else "misses"
-    print(
-        f"warm p50 {p50_warm:.2f} s {verdict} the {AGENT_TARGET_P50:.0f} s target on {os.cpu_count()} cores"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eval.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,12 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--data-dir", default=None)
     pre.add_argument("--limit", type=int, default=None, help="first N test mentions (default: all)")
     pre.add_argument("--mcr-checkpoint", default="checkpoints/mcr-wikimel.pt")
-    ag = sub.add_parser("agent", help="LLM-RetLink seconds per mention (p50/p95), cold and warm store")
-    add_dataset_arguments(
-        ag, dataset_default="demo", with_images=False, limit_default=8, limit_help="first N pictured mentions"
+    ag = sub.add_parser(
+        "agent", help="LLM-RetLink p50/p95 per node, cold and warm store; or throughput with --concurrency"
     )
-    add_candidate_arguments(ag, seeds=False)
-    ag.add_argument("--task", choices=("i2t", "it2t"), default="it2t")
+    agent_bench.add_arguments(ag)
     scale = sub.add_parser("ray", help="mentions/s of the local executor vs Ray actors, and the ratio")
     scale.add_argument("--data-dir", default=None)
     scale.add_argument("--limit", type=int, default=200, help="first N WikiMEL test mentions")
@@ -220,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         from tools.llm import LLMError
 
         try:
-            agent(args)
+            return agent_bench.main(args)
         except LLMError as exc:
             print(f"error: the judge's LLM does not answer: {exc}", file=sys.stderr)
             return 2

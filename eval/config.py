@@ -17,11 +17,16 @@ from typing import Any
 from kb.runcore.items import file_digest
 from kb.runcore.selection import DEFAULT_SPLIT
 
-PIPELINES = ("prerank", "agent")
+PIPELINES = ("prerank", "agent", "mllm")
+LLM_PIPELINES = ("agent", "mllm")
+"""Pipelines whose results depend on an LLM, which ``config.json`` therefore pins."""
 ATTACK_FIELDS = ("attack", "adv_dir", "adv_format", "presets_file")
-NOT_IDENTITY = ("batch_size", "agent_flags")
+NOT_IDENTITY = ("batch_size", "agent_flags", "concurrency")
 """Fields that change how a run is computed, not what it computes (the agent's flags change
 its results, but they are pinned through the settings they make: ``agent``)."""
+FULL_KB_ABOVE = 100
+"""λ above this (or ``all``) ranks against the KB matrix and stores the top k (``eval.full_kb``)."""
+FULL_KB_FIELDS = ("keep_top", "kb_index")
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,10 @@ class RunConfig:
     adv_format: str = "png"
     presets_file: str | None = None  # custom presets file (attacks.presets.load_presets)
     agent: dict[str, Any] | None = None  # the agent's pinned LLM/VLM/judge settings (AgentPipeline)
+    keep_top: int = 100  # full-KB item lines keep the top k (0: all) plus the gold (eval.full_kb)
+    kb_index: str = "auto"  # full-KB ranking: exact matrix, approximate HNSW, or auto by KB size
     agent_flags: dict[str, Any] | None = None  # --llm-* etc. (kb.cli_args.LLM_FLAGS); pinned via ``agent``
+    concurrency: int | None = None  # agent decisions at once (None: by backend); never changes results
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -63,6 +71,9 @@ class RunConfig:
                 identity.pop(key)
         if self.agent is None:
             identity.pop("agent")
+        if self.candidates is not None and self.candidates <= FULL_KB_ABOVE:
+            for key in FULL_KB_FIELDS:  # λ-candidate runs store everything: these change nothing
+                identity.pop(key)
         return identity
 
 

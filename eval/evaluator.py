@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from eval.config import RunConfig
-from eval.metrics import bootstrap_ci, drift, mean_std, metrics_from_ranks, paired_bootstrap
+from eval.full_kb import FullKBPipeline, uses_full_kb
+from eval.metrics import FULL_KB_KS, KS, bootstrap_ci, drift, mean_std, metrics_from_ranks, paired_bootstrap
 from eval.pipelines import Pipeline, PrerankPipeline
 from eval.stages import DIFFERENCES, STAGES, StagedPipeline
 from kb.dataset import Dataset
@@ -50,11 +51,17 @@ class Evaluator:
         self.dataset = dataset
         self.mentions = mentions
         self.progress = progress
-        self.builder = candidate_builder(dataset)
+        full_kb = uses_full_kb(config)  # λ = all or > 100: the KB matrix, top-k lines (eval.full_kb)
+        self.builder = None if full_kb else candidate_builder(dataset)
+        self.ks = FULL_KB_KS if full_kb else KS
         self.template = template_for(config.scorer)
         self.log = ItemLog(out / "items.jsonl", key=condition_seed_id)
         self.digests: dict[Path, str] = {}
-        self.pipeline: Pipeline = PrerankPipeline(config, self.executor, progress)
+        self.pipeline: Pipeline = (
+            FullKBPipeline(config, dataset, progress)
+            if full_kb
+            else PrerankPipeline(config, self.executor, progress)
+        )
         self.agent = None
         if config.pipeline == "agent":
             from eval.agent_pipeline import AgentPipeline
@@ -80,11 +87,14 @@ class Evaluator:
                     chunk = self.mentions[start : start + config.batch_size]
                     todo = [m for m in chunk if (condition, seed, m.id) not in log.done]
                     bar.update(len(chunk) - len(todo))
-                    sets = self.builder.build_all(todo, config.candidates, seed)
-                    items = [
-                        prepare(m, c, self.dataset, config.task, self.template, self.digests)
-                        for m, c in zip(todo, sets, strict=True)
-                    ]
+                    if isinstance(self.pipeline, FullKBPipeline):  # the KB is one shared set
+                        items = self.pipeline.prepare(todo, seed, self.digests)
+                    else:
+                        sets = self.builder.build_all(todo, config.candidates, seed)
+                        items = [
+                            prepare(m, c, self.dataset, config.task, self.template, self.digests)
+                            for m, c in zip(todo, sets, strict=True)
+                        ]
                     if attach is not None:
                         for item in items:
                             attach(item)
@@ -113,7 +123,7 @@ class Evaluator:
                     ranks[seed].append(record["rank"])
                 elif seed == first:
                     skipped[record["error"]] += 1
-        per_seed = {seed: metrics_from_ranks(r) for seed, r in ranks.items()}
+        per_seed = {seed: metrics_from_ranks(r, self.ks) for seed, r in ranks.items()}
         summary = {
             "n": per_seed[first].n,
             "n_skipped": sum(skipped.values()),

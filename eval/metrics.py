@@ -16,6 +16,7 @@ import numpy as np
 from kb.ranking import gold_rank, ranking
 
 __all__ = [
+    "FULL_KB_KS",
     "KS",
     "Metrics",
     "bootstrap_ci",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 KS = (1, 5, 10)
+FULL_KB_KS = (1, 3, 5, 10, 20)
+"""Hits@k of full-KB ranking (``eval.full_kb``): MIMIC's H@1/3/5 plus 10 and 20."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,13 @@ class Metrics:
         return {**out, "mrr": round(self.mrr, 6), "mr": round(self.mr, 4)}
 
 
-def metrics_from_ranks(ranks: Iterable[int]) -> Metrics:
+def metrics_from_ranks(ranks: Iterable[int], ks: Sequence[int] = KS) -> Metrics:
+    """acc@k for each of ``ks`` (default ``KS``; full-KB runs use ``FULL_KB_KS``), MRR and MR."""
     values = np.asarray(list(ranks), dtype=np.float64)
     if values.size == 0:
-        return Metrics({k: math.nan for k in KS}, math.nan, math.nan, 0)
+        return Metrics({k: math.nan for k in ks}, math.nan, math.nan, 0)
     return Metrics(
-        acc_at={k: float((values <= k).mean()) for k in KS},
+        acc_at={k: float((values <= k).mean()) for k in ks},
         mrr=float((1.0 / values).mean()),
         mr=float(values.mean()),
         n=int(values.size),

@@ -4,7 +4,8 @@
 
 The page holds, for every run folder given (``eval.run --out``; scorer or agent runs, I2T and
 IT2T): the seed paper's Table 2 layout (``eval.tables``: RAW, PGD/APGD/CW N and S per task,
-one row per scorer and ``agent (<scorer>)`` for the agent), the accuracy-per-attack plot, the
+one row per scorer and ``agent (<scorer>)`` for the agent), where a run ranked the whole KB the
+full-KB table in MIMIC's layout (``eval.full_kb_table``), the accuracy-per-attack plot, the
 drift of each attack (accuracy drop, flips, attack success), for agent runs the node where
 flipped decisions first diverged (``divergence`` of ``results.json``), and the worst flips:
 clean and adversarial image side by side with their perturbation |adv − clean| (block means,
@@ -36,7 +37,7 @@ import torch
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from tqdm import tqdm
 
-from eval import tables
+from eval import full_kb_table, tables
 from eval.agent_pipeline import CHECKPOINTS
 from kb.errors import ImageError
 from kb.images import load_pixels
@@ -259,6 +260,18 @@ def _cells(
     ]
 
 
+def full_kb_section(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The full-KB table (``eval.full_kb_table``: MIMIC's layout beside the λ runs), or None."""
+    names, rows = full_kb_table.table_rows(results)
+    if not rows:
+        return None
+    return {
+        "title": full_kb_table.MARKDOWN_TITLE,
+        "table": Table(names, rows, "full-kb"),
+        "counts": full_kb_table.counts_line(results),
+    }
+
+
 def accuracy_plot(results: Sequence[dict[str, Any]]) -> str:
     buffer = io.BytesIO()
     tables.plot(results, buffer)
@@ -423,6 +436,7 @@ def build(run_dirs: Sequence[Path], out: Path, per_run: int = 6, progress: bool 
         "drift": drift_section(runs),
         "divergence": divergence,
         "divergence_plot": divergence_plot,
+        "full_kb": full_kb_section(results),
     }
     bar.update(1)
     cards = []

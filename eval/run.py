@@ -2,6 +2,7 @@
 
     python -m eval.run --dataset NAME [--data-dir DIR] [--split test] [--limit N]
         [--task i2t|it2t|t2t] [--scorer NAME] [--checkpoint PATH] [--candidates 10|100|all]
+        [--keep-top 100] [--kb-index auto|exact|hnsw]
         [--seeds 0,1,2] [--with-images] [--batch-size 64] [--out DIR]
         [--attack PRESET|LIST|all [--adv-dir ADV-MEL] [--adv-format png|pt]
          [--presets-file FILE] [--threads T]] [--executor local|ray [--ray-address ADDR]]
@@ -23,6 +24,10 @@ are written next to it and the Markdown table is printed. The clean part of ``re
 is the same as without ``--attack``.
 
 Context text for it2t/t2t is ``Mention.context_text()``: "<mention>. <caption>".
+
+``--candidates all`` (or λ above 100) ranks each mention against the whole KB with one matrix
+product per batch and stores the top ``--keep-top`` k plus the gold's rank and score
+(``eval.full_kb``); metrics add acc@3 and acc@20 and ``results.json`` gains ``full_kb``.
 
 ``--executor ray`` scores the cache misses on a Ray actor pool (``eval.sharded``; cluster from
 ``--ray-address``, ``$RAY_ADDRESS`` or a new local one) and generates missing adversarial images
@@ -49,9 +54,11 @@ from typing import Any
 
 import torch
 
+from agent.concurrency import add_concurrency_argument
 from eval import replay, tables
 from eval.config import LLM_PIPELINES, PIPELINES, RunConfig, default_out
 from eval.evaluator import Evaluator
+from eval.full_kb import KB_INDEXES, FullKBPipeline, describe
 from eval.results import AttackResults, RunResults, summary_line, write_results
 from kb.cli_args import (
     LLM_FLAGS,
@@ -131,6 +138,8 @@ def run(
         from eval.agent_pipeline import add_agent_fields
 
         add_agent_fields(results, evaluator)
+    if isinstance(evaluator.pipeline, FullKBPipeline):  # how the KB was ranked (eval.full_kb)
+        results.full_kb = describe(evaluator.pipeline)
     written = write_results(out / "results.json", results)
     if attacks is not None:
         tables.write_tables([written], out)
@@ -203,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", default=None, help="trained weights (mcr)")
     add_candidate_arguments(parser)
+    full_kb = parser.add_argument_group("full-KB ranking (--candidates all or above 100; eval.full_kb)")
+    full_kb.add_argument(
+        "--keep-top",
+        type=int,
+        default=100,
+        metavar="K",
+        help="item lines keep the top K with scores, plus the gold's rank and score (0: all; default 100)",
+    )
+    full_kb.add_argument(
+        "--kb-index",
+        choices=KB_INDEXES,
+        default="auto",
+        help="exact: the KB matrix in memory; hnsw: approximate Chroma HNSW; auto: exact unless huge",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: a new one under runs/)"
@@ -221,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="png: the released 8-bit images (default); pt: the exact float tensors",
     )
     add_presets_file_argument(attack)
-    add_llm_arguments(parser.add_argument_group("agent (--pipeline agent): LLM and routing"))
+    agent = parser.add_argument_group("agent (--pipeline agent): LLM and routing")
+    add_llm_arguments(agent)
+    add_concurrency_argument(agent)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = torch's default")
     add_quiet_argument(parser)
     add_executor_arguments(parser)
@@ -245,12 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         with_images=args.with_images,
         batch_size=args.batch_size,
+        keep_top=args.keep_top,
+        kb_index=args.kb_index,
         attack=args.attack,
         adv_dir=args.adv_dir,
         adv_format=args.adv_format,
         presets_file=args.presets_file,
         agent_flags={flag: getattr(args, flag) for flag in LLM_FLAGS if getattr(args, flag) is not None}
         or None,
+        concurrency=args.concurrency,
     )
     out = args.out or default_out(config)
     try:

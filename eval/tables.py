@@ -16,6 +16,9 @@ column, empty cells where the Markdown has "–"; ``table3.csv`` and ``table4.cs
 a run fills them) and ``accuracy_per_attack.png`` (grouped bars: conditions on
 x, one bar per scorer, one panel per dataset and task). ``eval.run --attack`` calls
 ``write_tables`` on its own results; ``eval.report`` puts the same tables and plot in HTML.
+Where a run ranked the whole KB (``--candidates all``), the full-KB table of ``eval.full_kb_table``
+follows (MIMIC's layout: H@1/3/5/10/20, MRR, MR, beside the same scorer's λ runs; t2t included),
+also as ``table_full_kb.csv``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from eval import full_kb_table
 from eval.results import load_results
 
 TASKS = {"i2t": "I2T", "it2t": "IT2T"}
@@ -158,6 +162,9 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                 lines.append("| " + " | ".join([name, *values]) + " |")
             lines += ["", f"acc@1 (%) [95% bootstrap interval]; {counts_line(results, dataset)}"]
             blocks.append("\n".join(lines))
+    full_kb = full_kb_table.markdown(results)  # MIMIC's layout, where a run ranked the whole KB
+    if full_kb:
+        blocks.append(full_kb)
     return "\n\n".join(blocks) + "\n"
 
 
@@ -227,6 +234,8 @@ def write_tables(results: Sequence[dict[str, Any]], out: Path) -> str:
     for table in ("table3", "table4"):
         if collect(results, table)[0]:
             (out / f"{table}.csv").write_text(csv_text(results, table), encoding="utf-8")
+    if full_kb_table.collect(results)[1]:
+        (out / full_kb_table.CSV).write_text(full_kb_table.csv_text(results), encoding="utf-8")
     plot(results, out / PLOT)
     return text
 

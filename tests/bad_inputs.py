@@ -57,6 +57,13 @@ class Case:
     item: str | None = None  # the record id the spoilt part belongs to, when it is one record
     expect: dict[str, Any] = field(default_factory=dict)  # facts a correct result must show
     label: str = ""
+    file: str | None = None  # the spoilt (or missing) file, when the spoilt part is a whole file
+    aliases: tuple[str, ...] = ()  # other names that identify the record (its position, no usable id)
+
+    def names_the_record(self, item: str) -> bool:
+        """Whether an item error's ``item`` is this case's record, or a mention or candidate of it."""
+        names = (self.item, *self.aliases) if self.item is not None else self.aliases
+        return any(item == n or item.startswith((f"{n}-", f"{n}/")) for n in names)
 
     def write(self, root: Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
@@ -90,6 +97,7 @@ class Format:
     item_of: Callable[[str], str]  # record id -> the item id errors and mentions use
     wrap: Callable[[list[dict[str, Any]]], Any]  # records -> the file's JSON
     other_files: Callable[[], dict[str, Any]]
+    unnamed: tuple[str, ...] = ()  # what errors call the first record when it has no usable id
 
 
 def _keyed(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +123,7 @@ FORMATS = [
             "qid2ne.json": NAMES,
             "qid2abs.json": TEXTS,
         },
+        ("k0",),  # its key in the file (``_keyed``)
     ),
     Format(
         "richpedia-mel",
@@ -135,6 +144,7 @@ FORMATS = [
             "ghmfc_qid2ne.json": NAMES,
             "ghmfc_qid2abs.json": TEXTS,
         },
+        ("k0",),
     ),
     Format(
         "wikidiverse",
@@ -152,6 +162,7 @@ FORMATS = [
         lambda rid: rid,
         lambda records: records,
         lambda: {"kgmel_ids_split_mappings.json": {"WikiDiverse": {"test": [1, 2]}}},
+        ("#0",),
     ),
     Format(
         "wikiperson",
@@ -161,6 +172,7 @@ FORMATS = [
         lambda rid: f"test-{rid}",
         lambda records: records,
         lambda: {"qid2ne.json": NAMES},
+        ("test#0",),
     ),
     Format(
         "mimic",
@@ -181,6 +193,7 @@ FORMATS = [
                 for q, n in NAMES.items()
             ]
         },
+        ("test#0", "test-0"),
     ),
     Format(
         "m3el",
@@ -196,6 +209,7 @@ FORMATS = [
         lambda rid: rid,
         lambda records: records,
         dict,
+        ("M3EL_test-0",),
     ),
     Format(
         "zh",
@@ -217,6 +231,7 @@ FORMATS = [
                 for q, n in NAMES.items()
             ]
         },
+        ("test-0",),
     ),
 ]
 
@@ -239,22 +254,28 @@ def _record_cases(fmt: Format) -> Iterator[Case]:
     item = fmt.item_of(rid)
     gold_key = next(k for k in ("answer", "wikiid", "Qid") if k in base)
 
-    def case(kind: str, record: Any, label: str, **expect: Any) -> Case:
-        return Case(kind, fmt.dataset, _files(fmt, [record]), item, expect, f"{fmt.dataset}:{label}")
+    def case(kind: str, record: Any, label: str, aliases: tuple[str, ...] = (), **expect: Any) -> Case:
+        files = _files(fmt, [record])
+        return Case(kind, fmt.dataset, files, item, expect, f"{fmt.dataset}:{label}", aliases=aliases)
 
     for key in base:
         if key == fmt.id_key and fmt.dataset in ("wikimel", "richpedia-mel"):
             continue  # these key records by the object key, not the id field
+        # without a usable id the record is named by its position; a wrong-typed one that is
+        # still an id (7) names it by that
+        unnamed = (
+            (*fmt.unnamed, *(fmt.item_of(str(v)) for v in BAD_VALUES.values())) if key == fmt.id_key else ()
+        )
         spoilt = copy.deepcopy(base)
         del spoilt[key]
-        yield case("missing_field", spoilt, f"missing {key}")
+        yield case("missing_field", spoilt, f"missing {key}", unnamed)
         for name, value in BAD_VALUES.items():
             spoilt = copy.deepcopy(base)
             spoilt[key] = value
-            yield case("mistyped_field", spoilt, f"{key}={name}")
+            yield case("mistyped_field", spoilt, f"{key}={name}", unnamed)
     for name, value in BAD_VALUES.items():
         if name not in ("object",):
-            yield case("mistyped_field", value, f"record={name}")
+            yield case("mistyped_field", value, f"record={name}", fmt.unnamed)
     as_list = isinstance(base[gold_key], list)
 
     def gold(value: str) -> dict[str, Any]:
@@ -283,6 +304,7 @@ def _record_cases(fmt: Format) -> Iterator[Case]:
             None,
             {},
             f"{fmt.dataset}:latin-1 caption",
+            fmt.records_file,
         )
     image_key = next((k for k in ("image", "imgPath") if k in base), None)
     if image_key:
@@ -331,11 +353,12 @@ def _file_cases(fmt: Format) -> Iterator[Case]:
             # An empty JSON Lines file is a valid file with no records.
             expect = {"mentions": 0} if kind == "zero_byte_file" and name == fmt.records_file else {}
             expect = expect if name.endswith(".jsonl") else {}
-            yield Case(kind, fmt.dataset, {**good, name: data}, None, expect, f"{fmt.dataset}:{name} {kind}")
+            label = f"{fmt.dataset}:{name} {kind}"
+            yield Case(kind, fmt.dataset, {**good, name: data}, None, expect, label, name)
         if name != fmt.records_file:
             missing = dict(good)
             del missing[name]
-            yield Case("missing_file", fmt.dataset, missing, None, {}, f"{fmt.dataset}:no {name}")
+            yield Case("missing_file", fmt.dataset, missing, None, {}, f"{fmt.dataset}:no {name}", name)
 
 
 def _official_wikidiverse_cases() -> Iterator[Case]:

@@ -75,6 +75,13 @@ def test_graph_runs_every_node_and_falls_back_when_the_llm_is_down(tmp_path: Pat
         assert final["decision"] == final["prerank"]["order"][0] == record["prediction"]
         assert sorted(final["ranking"]) == sorted(candidates.qids)
         assert any(f.startswith("judge:") for f in record["fallbacks"])
+        # Model*'s full ranking stays in the state for eval's stages, aligned with the candidates
+        assert final["prerank"]["qids"] == list(candidates.qids)
+        assert sorted(final["prerank"]["order"]) == sorted(candidates.qids)
+        shortlist = final["judge"]["shortlist"]
+        pre = final["judge"]["distributions"]["prerank"]
+        assert list(pre) == shortlist and sum(pre.values()) == pytest.approx(1.0, abs=1e-4)
+        assert final["judge"]["distributions"]["judge"] is None, "a failed judge has no distribution"
     # A finished thread is read back, not recomputed.
     state = initial_state("t1", mentions[0], sets[0], demo.entities, None)
     _, thread, computed = linker.link(state, "clean")

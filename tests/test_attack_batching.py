@@ -26,8 +26,11 @@ from attacks import bench, generate  # noqa: E402
 from attacks.engine import attack_batch  # noqa: E402
 from attacks.presets import Preset  # noqa: E402
 from attacks.target import CandidateTarget  # noqa: E402
+from attacks.window import support, view  # noqa: E402
 from kb.dataset import load_dataset  # noqa: E402
+from kb.images import load_rgb, to_tensor  # noqa: E402
 from tools.scorers import load_scorer  # noqa: E402
+from tools.scorers.base import PixelPreprocess  # noqa: E402
 
 PGD = Preset("pgd-1", "pgd", 1, "Linf", eps=8 / 255, alpha=2 / 255)
 APGD = Preset("apgd-2", "apgd", 2, "Linf", eps=8 / 255)
@@ -94,19 +97,81 @@ def pt_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+CALLS = {
+    "row-calls": {"rows_per_call": 1, "min_rows": 1},  # the engine's CPU setting
+    "stacked": {"rows_per_call": None, "min_rows": 2},  # its CUDA setting (padded to the batch), on CPU
+}
+
+
+@pytest.mark.parametrize("calls", list(CALLS))
 @pytest.mark.parametrize("preset", [PGD, APGD], ids=lambda p: p.name)
-def test_pt_is_the_same_bytes_alone_and_in_a_batch_of_8(tagger, photos, preset) -> None:
+def test_pt_is_the_same_bytes_alone_and_in_a_batch_of_8(tagger, photos, preset, calls) -> None:
     ids, images, texts, top = photos
     labels = top.clone()
     labels[[2, 6]] = (labels[[2, 6]] + 1) % len(texts[0])  # two rows already wrong: 6 attacked, not 2^k
-    batch = attack_batch(tagger, preset, images, labels, texts, None, 0, ids)
+    batch = attack_batch(tagger, preset, images, labels, texts, None, 0, ids, **CALLS[calls])
     assert batch.already_misclassified.tolist() == [False, False, True, False, False, False, True, False]
     for b in (0, 3):  # 600x512 and 427x640, attacked alone
-        alone = attack_batch(tagger, preset, [images[b]], labels[b : b + 1], [texts[b]], None, 0, [ids[b]])
+        alone = attack_batch(
+            tagger, preset, [images[b]], labels[b : b + 1], [texts[b]], None, 0, [ids[b]], **CALLS[calls]
+        )
         assert float((alone.adversarial[0] - images[b]).abs().max()) > 0
         assert pt_bytes(alone.adversarial[0]) == pt_bytes(batch.adversarial[b]), (preset.name, ids[b])
     other_seed = attack_batch(tagger, preset, [images[0]], labels[:1], [texts[0]], None, 1, [ids[0]])
     assert pt_bytes(other_seed.adversarial[0]) != pt_bytes(batch.adversarial[0])  # the seed matters
+
+
+PREPROCESSING = {
+    "tagger": lambda tagger: tagger.preprocess,  # short side 256, centre crop 224
+    "clip": lambda _: PixelPreprocess(224, resize_mode="shortest", crop_size=224),
+    "open_clip": lambda _: PixelPreprocess(224, resize_mode="longest"),  # resize + zero pad
+    "upscale": lambda _: PixelPreprocess(1024, resize_mode="shortest", crop_size=1000),
+}
+
+
+@pytest.mark.parametrize("kind", list(PREPROCESSING))
+def test_gradient_is_zero_outside_the_support_window(tagger, shared_mel: Path, kind: str) -> None:
+    """Real photos (a portrait and two landscapes, 0.1 to 8 megapixels): every pixel with a
+    gradient lies in the window the Linf attacks update, and crops do leave pixels out."""
+    preprocess = PREPROCESSING[kind](tagger)
+    cut = 0
+    for name in ("13295.jpg", "3199.jpg", "1342.jpg"):
+        image = to_tensor(load_rgb(shared_mel / "wikimel" / "images" / name))[None].requires_grad_(True)
+        out = preprocess.resize_crop(image)
+        weights = torch.rand(out.shape, generator=torch.Generator().manual_seed(0)) + 0.5
+        (grad,) = torch.autograd.grad((out * weights).sum(), [image])
+        window = support(preprocess, *image.shape[-2:])
+        outside = grad.clone()
+        view(outside, window).zero_()
+        assert float(outside.abs().max()) == 0.0, (kind, name, window)
+        rows = grad[0].abs().amax(dim=(0, 2)).nonzero().flatten()  # the pixels that do matter
+        cols = grad[0].abs().amax(dim=(0, 1)).nonzero().flatten()
+        slack = 2 * (2 * max(image.shape[-1] / out.shape[-1], image.shape[-2] / out.shape[-2], 1) + 6)
+        assert window[1] - window[0] - (int(rows[-1]) + 1 - int(rows[0])) <= slack  # and it is tight
+        assert window[3] - window[2] - (int(cols[-1]) + 1 - int(cols[0])) <= slack
+        cut += image[0, 0].numel() - view(image[0, 0], window).numel()
+    assert (cut > 0) == (kind != "open_clip")  # a centre crop hides part of every photo; a pad none
+
+
+def test_windowed_updates_are_the_same_bits_as_whole_image_updates(tagger, photos, monkeypatch) -> None:
+    ids, images, texts, top = photos
+    picked = [0, 3]  # 600x512 (portrait: rows cut) and 427x640 (landscape: columns cut)
+    args = (
+        [images[b] for b in picked],
+        top[picked],
+        [texts[b] for b in picked],
+        None,
+        0,
+        [ids[b] for b in picked],
+    )
+    windowed = {p.name: attack_batch(tagger, p, *args) for p in (PGD, APGD)}
+    monkeypatch.setattr(
+        CandidateTarget, "windows", lambda self, xs: [(0, x.shape[-2], 0, x.shape[-1]) for x in xs]
+    )
+    for preset in (PGD, APGD):
+        whole = attack_batch(tagger, preset, *args)
+        for a, b in zip(windowed[preset.name].adversarial, whole.adversarial, strict=True):
+            assert pt_bytes(a) == pt_bytes(b), preset.name
 
 
 def _run(tmp_path: Path, name: str, **settings) -> Path:

@@ -40,8 +40,6 @@ from kb.errors import DatasetError, ImageError
 from kb.images import load_rgb
 from kb.records import NIL, QID_PATTERN
 
-TRIED: Counter[str] = Counter()
-"""Inputs tried per kind over the whole module, printed and checked by the last test."""
 STRINGIFIED = {str(v) for v in BAD_VALUES.values() if not isinstance(v, str)}
 """What a loader that calls ``str()`` on a wrong-typed field would produce ("7", "None", ...)."""
 
@@ -95,22 +93,33 @@ def test_every_bad_dataset_folder_gives_a_clear_error_or_a_correct_result(tmp_pa
     cases = dataset_cases()
     failures: list[str] = []
     outcomes: Counter[str] = Counter()
+    _print_counts("loader corpus, folders per kind", Counter(case.kind for case in cases))
     for number, case in enumerate(cases):
+        assert case.item is not None or case.aliases or case.file, (
+            f"{case.label}: spoils neither a record nor a file"
+        )
         root = case.write(tmp_path / f"{number:04d}").absolute()
-        TRIED[case.kind] += 1
         try:
             dataset = load_dataset(case.dataset, root)
         except DatasetError as exc:
             message = str(exc)
             outcomes["dataset error"] += 1
-            if not (any(name in message for name in case.files) or str(root) in message):
-                failures.append(f"{case.label}: error names neither the file nor the folder: {message}")
+            if case.item is not None or case.aliases:  # one bad record never fails its dataset
+                failures.append(f"{case.label}: a bad record failed the whole load: {message}")
+            elif case.file is not None and case.file not in message:
+                failures.append(f"{case.label}: the error does not name {case.file}: {message}")
             continue
         except Exception:  # noqa: BLE001 - any other exception is the bug this test looks for
             failures.append(f"{case.label}: unhandled\n{traceback.format_exc(limit=3)}")
             continue
         outcomes["item errors" if dataset.errors else "clean result"] += 1
         failures += [f"{case.label}: {p}" for p in _problems_of_loaded(case, dataset, root)]
+        if case.item is not None or case.aliases:  # each item error names the spoilt record
+            strangers = [e for e in dataset.errors if not case.names_the_record(e.item)]
+        else:  # or the spoilt file
+            strangers = [e for e in dataset.errors if case.file not in e.item and case.file not in e.source]
+        if strangers:
+            failures.append(f"{case.label}: item errors naming neither the record nor the file: {strangers}")
     print(f"\nloader corpus: {len(cases)} folders -> {dict(outcomes)}")
     assert not failures, "\n".join(failures[:20])
     assert len(cases) >= 200
@@ -125,10 +134,11 @@ def photo() -> Image.Image:
 
 
 def test_every_image_kind_loads_faithfully_or_fails_with_a_reason(tmp_path: Path, photo: Image.Image) -> None:
-    for kind, (name, data, decodable) in image_files(photo).items():
+    kinds = image_files(photo)
+    assert len(kinds) == 20, sorted(kinds)
+    for kind, (name, data, decodable) in kinds.items():
         path = tmp_path / name
         path.write_bytes(data)
-        TRIED[f"image:{kind}"] += 1
         try:
             image = load_rgb(path)
         except ImageError as exc:
@@ -162,9 +172,7 @@ def _m3el_records(photo: Image.Image, images: Path) -> tuple[list[dict[str, Any]
         "candidates": [_candidate(q) for q in (GOLD, OTHER, THIRD)],
     }
     records, kinds = [], {}
-    for kind, (name, data, _) in image_files(photo).items():
-        if kind.startswith("huge"):
-            data = data  # header-only PNGs: refused before decoding, cheap at any claimed size
+    for kind, (name, data, _) in image_files(photo).items():  # the huge ones are header-only PNGs
         (images / name).write_bytes(data)
         kinds[f"M3EL_test-{len(records)}"] = f"image:{kind}"
         records.append({**base, "image": [name, "", ""]})
@@ -222,7 +230,6 @@ def test_loading_the_corpus_dataset(corpus_env: dict) -> None:
     assert len(bad_line) == 1 and "bad JSON" in bad_line[0].reason
     assert any(e.field == "record" for e in dataset.errors)  # the line holding a bare string
     assert any(e.field == "candidates" for e in dataset.errors)  # Qid 42 and the bare "Q5"
-    TRIED["corpus:loader"] += len(kinds) + 2
 
 
 def _id_of(kinds: dict[str, str], kind: str) -> str:
@@ -233,14 +240,16 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _check_items(records: list[dict[str, Any]], kinds: dict[str, str], stage: str) -> None:
-    """Every item line is a result or an error naming why; bad images are errors, odd ones results."""
+def _check_items(records: list[dict[str, Any]], kinds: dict[str, str], stage: str) -> int:
+    """Every item line is a result or an error naming why; bad images are errors, odd ones
+    results. Returns how many corpus items it checked."""
     by_id = {r["id"]: r for r in records}
+    checked = 0
     for item, kind in kinds.items():
         record = by_id.get(item)
         if record is None:
             continue  # dropped while loading, with an item error (checked above)
-        TRIED[f"{stage}"] += 1
+        checked += 1
         if record["error"]:
             assert isinstance(record["error"], str) and record["error"], (stage, kind, record)
         else:
@@ -250,6 +259,7 @@ def _check_items(records: list[dict[str, Any]], kinds: dict[str, str], stage: st
             assert record["error"] and record["error"].startswith("image_"), (stage, kind, record)
         elif decodable is True or kind in ("non_ascii_caption", "long_caption", "one_candidate"):
             assert not record["error"], (stage, kind, record["error"])
+    return checked
 
 
 def image_files_decodable(kind: str) -> bool | None:
@@ -266,20 +276,22 @@ def test_corpus_through_kb_build_eval_run_attacks_and_the_agent(corpus_env: dict
     from kb.build import main as build_main
 
     data, kinds, root = corpus_env["data"], corpus_env["kinds"], corpus_env["root"]
+    loaded = {m.id for m in load_dataset("m3el", data).mentions} & set(kinds)
+    tried: Counter[str] = Counter()
     assert build_main(["--dataset", "m3el", "--data-dir", str(data)]) == 0
     built = json.loads(capsys.readouterr().out)
     assert built["entities"] == 4 and not built["reused"]  # the three candidates and the unknown QID
-    TRIED["corpus:kb.build"] += corpus_env["records"]
+    tried["kb.build"] = corpus_env["records"]
 
     common = dict(dataset="m3el", data_dir=str(data), split="all", task="it2t")
     prerank = run(RunConfig(**common), root / "prerank", progress=False)
-    _check_items(_lines(Path(prerank["items"])), kinds, "corpus:eval.run prerank")
+    tried["eval.run prerank"] = _check_items(_lines(Path(prerank["items"])), kinds, "eval.run prerank")
     assert prerank["n"] + prerank["n_skipped"] == prerank["n_mentions"]
     assert prerank["skipped"].get("no_image") and prerank["skipped"].get("image_missing")
 
     agent = run(RunConfig(**common, pipeline="agent"), root / "agent", progress=False)
     agent_lines = _lines(Path(agent["items"]))
-    _check_items(agent_lines, kinds, "corpus:eval.run agent")
+    tried["eval.run agent"] = _check_items(agent_lines, kinds, "eval.run agent")
     assert agent["skipped"] == prerank["skipped"]  # the same items are scored by both pipelines
     assert agent["fallbacks"]["judge"] == agent["n"] and agent["fallbacks"]["writer"] > 0
 
@@ -293,7 +305,7 @@ def test_corpus_through_kb_build_eval_run_attacks_and_the_agent(corpus_env: dict
     manifest = _lines(Path(summaries["pgd-tiny"]["folder"]) / "manifest.jsonl")
     for record in manifest:
         kind = kinds[record["id"]]
-        TRIED["corpus:attacks.generate"] += 1
+        tried["attacks.generate"] += 1
         if kind.startswith("image:") and image_files_decodable(kind) is False:
             assert record["error"].startswith("image_"), (kind, record)
         if kind in ("nil_gold", "unknown_qid", "one_wrong_candidate"):
@@ -305,18 +317,30 @@ def test_corpus_through_kb_build_eval_run_attacks_and_the_agent(corpus_env: dict
     assert link_main([*argv, "--checkpoint-db", str(root / "link.sqlite")]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     for record in printed:
-        TRIED["corpus:agent.link"] += 1
+        tried["agent.link"] += 1
         assert record.get("error") or record["decision"], record
         if "decision" in record:
             assert record["fallbacks"], "the LLM refuses connections: every decision falls back"
     assert len(printed) == len([m for m in load_dataset("m3el", data).mentions if m.image_path is not None])
+    _print_counts("corpus items through each command", tried)
+    assert tried["eval.run prerank"] == tried["eval.run agent"] == len(loaded), "every loaded item has a line"
 
 
-def test_zz_print_and_check_the_counts() -> None:
-    """Runs last in this module (pytest keeps file order): the per-kind counts of everything tried."""
-    width = max(len(k) for k in TRIED)
-    print("\nbad inputs tried, per kind:")
-    for kind, count in sorted(TRIED.items()):
+def _print_counts(title: str, counts: Counter[str]) -> None:
+    """``pytest -s`` shows how many inputs of each kind a test tried."""
+    width = max(map(len, counts), default=5)
+    print(f"\n{title}:")
+    for kind, count in sorted(counts.items()):
         print(f"  {kind:<{width}}  {count}")
-    print(f"  {'total':<{width}}  {sum(TRIED.values())}")
-    assert sum(TRIED.values()) >= 200
+    print(f"  {'total':<{width}}  {sum(counts.values())}")
+
+
+def test_the_corpus_is_several_hundred_inputs(photo: Image.Image, tmp_path: Path) -> None:
+    """The README's "several hundred such inputs", counted from the corpus itself (no test's state):
+    the spoilt folders, the image kinds, and the corpus dataset's records and lines (each through
+    every command in the slow test)."""
+    records, _ = _m3el_records(photo, tmp_path / "images")
+    counts = Counter({"dataset folders": len(dataset_cases()), "image kinds": len(image_files(photo))})
+    counts["corpus records x 5 commands"] = (len(records) + 2) * 5
+    _print_counts("bad inputs, per kind", counts)
+    assert counts["dataset folders"] >= 600 and counts["image kinds"] == 20 and sum(counts.values()) >= 700

@@ -117,6 +117,7 @@ def test_intents_are_parsed_by_rules() -> None:
     assert parse("use image /tmp/x.png", values).path == "/tmp/x.png"
     assert parse("evidence for NASA", values).candidates == ["Q23548"]
     assert parse("how sure was it?", values).kind == "ask"
+    assert parse("explain", values).kind == parse("distributions?", values).kind == "fusion"
     assert parse("quit", values).kind == "quit"
 
 
@@ -140,6 +141,7 @@ def test_scripted_session_answers_from_the_trace_and_forks_what_ifs(
             f"evidence for {labels[runner_up]}",
             "what went into the prerank node?",
             "evidence for nobody",
+            "explain",
             "what if the descriptors were 'rocket, launch'?",
             f"drop candidate {dropped}",
             "use the clean image",
@@ -157,6 +159,8 @@ def test_scripted_session_answers_from_the_trace_and_forks_what_ifs(
     assert "[wikidata/offline]" in out, "evidence comes from the stored retrieval records"
     assert "(prerank) in candidates:" in out and "(prerank) out source tagger" in out
     assert "error: name a candidate" in out
+    assert "(judge) pre-ranker distribution over the shortlist:" in out
+    assert "no judge distribution (no judge answer); no fusion" in out, "explain says the judge failed"
     assert out.count("> summary") == 1, "nothing after quit is answered"
     assert "error: this decision already used the clean image" in out
 
@@ -265,3 +269,33 @@ def test_settings_flags_keep_the_environment(monkeypatch) -> None:
     settings = settings_from_args(parser.parse_args(["--checkpoint-db", "/tmp/x.sqlite"]))
     assert settings.task == "i2t" and settings.checkpoint_db == Path("/tmp/x.sqlite")
     assert settings_from_args(parser.parse_args(["--task", "it2t"])).task == "it2t"
+
+
+def test_explain_says_which_side_the_fused_decision_followed() -> None:
+    from agent.facts import distribution_facts
+
+    candidates = [{"qid": q, "label": q.lower(), "description": ""} for q in ("QA", "QB")]
+    values = {
+        "candidates": candidates,
+        "judge": {
+            "shortlist": ["QA", "QB"],
+            "method": "logits",
+            "valid_mass": 0.9,
+            "weight": 0.5,
+            "judge_decision": "QB",
+            "decision": "QA",
+            "distributions": {
+                "prerank": {"QA": 0.99, "QB": 0.01},
+                "judge": {"QA": 0.3, "QB": 0.7},
+                "fused": {"QA": 0.92, "QB": 0.08},
+            },
+        },
+    }
+    lines = [f.text for f in distribution_facts(values)]
+    assert "fused p ∝ pre^0.50 · judge^0.50: qa 0.920, qb 0.080" in lines
+    assert "so the fused decision stayed with the pre-ranker" in lines[-1]
+    values["judge"]["decision"] = "QB"
+    assert (
+        "the judge moved the decision from the pre-ranker's qa (QA) to qb (QB)"
+        in distribution_facts(values)[-1].text
+    )

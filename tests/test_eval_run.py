@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import private_cache
+from support import private_cache, refuse_model_loading, score_rows
 
 from eval.metrics import drift, gold_rank, metrics_from_ranks
 from eval.run import NothingScored, RunConfig, main, run, summary_line
@@ -15,7 +15,7 @@ from kb.errors import DatasetError
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private cache root for score and text-embedding caches; KB stores stay shared."""
+    """A private cache root for score and text-embedding caches; KB stores stay the session's."""
     root = private_cache(tmp_path / "cache", ("kb",))
     monkeypatch.setenv("MEL_CACHE_DIR", str(root))
     return root
@@ -76,13 +76,17 @@ def test_demo_it2t_results_schema(tmp_path: Path, cache: Path) -> None:
     assert "acc@1" in summary_line(results)
 
 
-def test_wikimel_t2t_is_well_above_chance(tmp_path: Path, cache: Path, shared_mel: Path) -> None:
+def test_wikimel_t2t_is_well_above_chance(
+    tmp_path: Path, cache: Path, shared_mel: Path, wikimel_store: dict
+) -> None:
     config = RunConfig(dataset="wikimel", task="t2t", limit=200, data_dir=str(shared_mel / "wikimel"))
     results = run(config, tmp_path / "out", progress=False)
     assert results["n"] == 200 and results["metrics"]["acc@1"]["mean"] > 0.5  # chance is 0.1
 
 
-def test_i2t_without_images_skips_with_reason(tmp_path: Path, cache: Path, shared_mel: Path) -> None:
+def test_i2t_without_images_skips_with_reason(
+    tmp_path: Path, cache: Path, shared_mel: Path, wikimel_store: dict
+) -> None:
     config = RunConfig(dataset="wikimel", task="i2t", limit=20, data_dir=str(shared_mel / "wikimel"))
     with pytest.raises(NothingScored, match="image_missing x20"):  # nothing scored is an error ...
         run(config, tmp_path / "out", progress=False)
@@ -90,20 +94,43 @@ def test_i2t_without_images_skips_with_reason(tmp_path: Path, cache: Path, share
     assert results["n"] == 0 and results["skipped"] == {"image_missing": 20}
 
 
-def test_resume_after_a_cut_gives_identical_metrics(tmp_path: Path, cache: Path, shared_mel: Path) -> None:
+def test_resume_after_a_cut_gives_identical_metrics(
+    tmp_path: Path, cache: Path, shared_mel: Path, wikimel_store: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed run scores what the cut lost afresh, with an empty score cache of its own (the
+    full run's would hand it the very logits it wrote). With the full run's text embeddings its
+    lines are the full run's to the bit; with no cache at all (the texts re-encoded in batches of
+    other lengths, hence other padding) they differ in the last float bits of a score only."""
     config = RunConfig(
         dataset="wikimel", task="t2t", limit=30, seeds=(0, 1), data_dir=str(shared_mel / "wikimel")
     )
     full = run(config, tmp_path / "full", progress=False)
     items = (tmp_path / "full" / "items.jsonl").read_text().splitlines()
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    (cut / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
-    (cut / "items.jsonl").write_text("\n".join(items[:25]) + "\n" + items[25][:40])  # a line cut mid-write
-    resumed = run(config, cut, progress=False)
-    assert resumed["metrics"] == full["metrics"]
-    lines = [json.loads(line) for line in (cut / "items.jsonl").read_text().splitlines()]
-    assert len(lines) == 60 and len({(r["seed"], r["id"]) for r in lines}) == 60
+    originals = {(r["seed"], r["id"]): r for r in map(json.loads, items)}
+    for shared in (("kb", "text_embeddings"), ("kb",)):
+        cut = tmp_path / f"cut-{len(shared)}"
+        cut.mkdir()
+        (cut / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+        (cut / "items.jsonl").write_text("\n".join(items[:25]) + "\n" + items[25][:40])  # cut mid-write
+        fresh = tmp_path / f"fresh-{len(shared)}"
+        fresh.mkdir()
+        if "text_embeddings" in shared:
+            (fresh / "text_embeddings").symlink_to(cache / "text_embeddings", target_is_directory=True)
+        (fresh / "kb").symlink_to(cache / "kb", target_is_directory=True)
+        monkeypatch.setenv("MEL_CACHE_DIR", str(fresh))
+        resumed = run(config, cut, progress=False)
+        assert score_rows(fresh) == 35, "the 35 lines the cut lost were scored again"
+        assert resumed["metrics"] == full["metrics"]
+        lines = [json.loads(line) for line in (cut / "items.jsonl").read_text().splitlines()]
+        assert len(lines) == 60 and len({(r["seed"], r["id"]) for r in lines}) == 60
+        for line in lines[25:]:  # the re-scored ones, line for line
+            twin = originals[(line["seed"], line["id"])]
+            if "text_embeddings" in shared:
+                assert line == twin, (line["id"], line["seed"])
+            else:
+                assert {**line, "scores": None} == {**twin, "scores": None}, (line["id"], line["seed"])
+                assert line["scores"] == pytest.approx(twin["scores"], rel=1e-6, abs=1e-5)
+    monkeypatch.setenv("MEL_CACHE_DIR", str(cache))
     with pytest.raises(DatasetError, match="different configuration"):
         run(
             RunConfig(dataset="wikimel", task="t2t", limit=31, data_dir=str(shared_mel / "wikimel")),
@@ -112,11 +139,14 @@ def test_resume_after_a_cut_gives_identical_metrics(tmp_path: Path, cache: Path,
         )
 
 
-def test_warm_run_never_loads_the_model(tmp_path: Path, cache: Path) -> None:
+def test_warm_run_never_loads_the_model(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cold = run(RunConfig(dataset="demo", task="i2t"), tmp_path / "cold", progress=False)
+    assert cold["model_load_seconds"] > 0
+    refuse_model_loading(monkeypatch)  # from here on, loading any model fails the run
     warm = run(RunConfig(dataset="demo", task="i2t"), tmp_path / "warm", progress=False)
-    assert cold["model_load_seconds"] > 0 and warm["model_load_seconds"] == 0
-    assert warm["metrics"] == cold["metrics"]
+    assert warm["metrics"] == cold["metrics"] and warm["n"] == cold["n"] == 8
+    with pytest.raises(AssertionError, match="a model was loaded: tagger"):  # the check bites
+        run(RunConfig(dataset="demo", task="t2t"), tmp_path / "other-task", progress=False)
 
 
 def test_a_run_that_scores_nothing_fails_with_the_reason_and_fix(

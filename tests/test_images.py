@@ -34,9 +34,12 @@ def test_plain_rgb_round_trip(tmp_path: Path, photo: Image.Image) -> None:
 
 
 def test_grayscale_becomes_three_equal_channels(tmp_path: Path, photo: Image.Image) -> None:
-    path = _save(tmp_path / "gray.jpg", photo.convert("L"))
+    path = _save(tmp_path / "gray.png", photo.convert("L"))
     array = np.asarray(load_rgb(path))
-    assert array.shape[2] == 3 and np.array_equal(array[..., 0], array[..., 2])
+    grey = np.asarray(photo.convert("L"))
+    assert array.shape == (*grey.shape, 3)
+    for channel in range(3):  # each of R, G and B is the grey value itself
+        assert np.array_equal(array[..., channel], grey), channel
 
 
 def test_cmyk_jpeg_is_converted(tmp_path: Path, photo: Image.Image) -> None:
@@ -70,11 +73,23 @@ def test_sixteen_bit_is_rescaled(tmp_path: Path) -> None:
 
 
 def test_exif_rotation_is_applied(tmp_path: Path) -> None:
-    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    """Orientation 6 (the camera was turned: rotate 90 degrees clockwise to display). The stored
+    image is asymmetric, red in its top-left corner only, so the check sees where that corner
+    went (top-right when displayed), not just that width and height swapped."""
+    image = Image.new("RGB", (40, 20), (10, 10, 200))
+    image.paste((220, 20, 20), (0, 0, 12, 8))
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
-    path = _save(tmp_path / "rotated.jpg", image, exif=exif.tobytes())
-    assert load_rgb(path).size == (20, 40)
+    exif[0x0112] = 6
+    path = _save(tmp_path / "rotated.jpg", image, exif=exif.tobytes(), quality=95)
+    loaded = load_rgb(path)
+    assert loaded.size == (20, 40)
+    array = np.asarray(loaded).astype(int)
+    red, blue = np.array([220, 20, 20]), np.array([10, 10, 200])
+    assert np.abs(array[2, -3] - red).max() < 40, array[2, -3]  # the red corner, now top-right
+    for corner in (array[2, 2], array[-3, 2], array[-3, -3]):
+        assert np.abs(corner - blue).max() < 40, corner
+    expected = np.asarray(image.transpose(Image.Transpose.ROTATE_270)).astype(int)  # 90° clockwise
+    assert np.abs(array - expected).mean() < 5
 
 
 def test_wrong_extension_still_decodes(tmp_path: Path, photo: Image.Image) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,13 +81,18 @@ def wikimel(shared_mel: Path):
 
 
 @pytest.fixture(scope="module")
-def builder(wikimel) -> CandidateBuilder:
-    rng = np.random.default_rng(0)  # description vectors stand-in for the name-only check below
-    return CandidateBuilder(wikimel.entities, vectors=_unit(rng.normal(size=(len(wikimel.entities), 16))))
+def builder(wikimel, wikimel_store: dict, encoder: CountingEncoder) -> CandidateBuilder:
+    """The builder every run uses: WikiMEL's entities with the real MiniLM description vectors of
+    its KB store (built once per session), checked against MiniLM on a sample of descriptions."""
+    from kb.runcore.items import candidate_builder
 
-
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+    built = candidate_builder(wikimel, progress=False)
+    qids = sorted(wikimel.entities)
+    sample = [qids[i] for i in range(0, len(qids), 1999)]
+    direct = encoder.encode([wikimel.entities[q].text() for q in sample])
+    stored = built.vectors[[built.row[q] for q in sample]]
+    assert built.vectors.shape == (18_880, 384) and np.allclose(stored, direct, atol=1e-5)
+    return built
 
 
 def test_candidate_sets_hold_gold_and_are_deterministic(builder: CandidateBuilder, wikimel) -> None:
@@ -114,6 +120,24 @@ def test_hard_negatives_share_names(builder: CandidateBuilder, wikimel) -> None:
         assert set(by_name) <= set(builder.build(mention, size=10, seed=seed).qids)
 
 
+def test_hard_negatives_are_the_golds_description_neighbours(builder: CandidateBuilder, wikimel) -> None:
+    """With the real MiniLM vectors: the description pool is the gold's nearest entities by cosine
+    (brute force here), and half the negatives of a set come from it."""
+    mention = wikimel.mention("46351-1")
+    gold = builder.row[mention.gold]
+    cosine = builder.vectors @ builder.vectors[gold]
+    cosine[gold] = -np.inf
+    nearest = [builder.qids[i] for i in np.argsort(-cosine, kind="stable")[:18]]
+    assert builder.description_neighbours(mention.gold, 18) == nearest
+    assert cosine[builder.row[nearest[-1]]] > np.median(cosine[np.isfinite(cosine)]) + 0.2  # really near
+    by_name = set(
+        builder.name_neighbours([mention.mention, wikimel.entities[mention.gold].label], mention.gold, 18)
+    )
+    for seed in range(3):
+        negatives = set(builder.build(mention, size=10, seed=seed).qids) - {mention.gold}
+        assert len(negatives & (set(nearest) - by_name)) >= 4, seed  # 9 negatives: 5 by name, 4 by text
+
+
 def test_description_neighbours_use_vectors(wikimel) -> None:
     qids = sorted(wikimel.entities)
     vectors = np.zeros((len(qids), 2), dtype=np.float32)
@@ -139,9 +163,20 @@ def test_sizes_full_kb_dataset_lists_and_nil(builder: CandidateBuilder, wikimel)
     assert built.gold_index is None and len(built.qids) == 10
 
 
+def test_kb_build_cli_builds_then_reuses(tmp_path: Path) -> None:
+    """The CLI builds a store into an empty cache, then reuses it (the demo KB: a build is quick)."""
+    env = {**os.environ, "MEL_CACHE_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "kb.build", "--dataset", "demo"]
+    first = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
+    second = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
+    assert first["entities"] == second["entities"] == 19 and first["path"] == second["path"]
+    assert not first["reused"] and second["reused"] and Path(first["path"]).is_relative_to(tmp_path)
+
+
 @pytest.mark.slow
-def test_kb_build_cli_builds_and_reuses_wikimel(shared_mel: Path, tmp_path: Path) -> None:
-    env = {**__import__("os").environ, "MEL_CACHE_DIR": str(tmp_path)}
+def test_kb_build_cli_reuses_the_wikimel_store(shared_mel: Path, wikimel_store: dict) -> None:
+    """WikiMEL's 18,880-entity store, built by ``kb.build`` once this session (``wikimel_store``),
+    is reused by the next ``kb.build`` in a fraction of the build time."""
     command = [
         sys.executable,
         "-m",
@@ -151,7 +186,6 @@ def test_kb_build_cli_builds_and_reuses_wikimel(shared_mel: Path, tmp_path: Path
         "--data-dir",
         str(shared_mel / "wikimel"),
     ]
-    first = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
-    second = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
-    assert first["entities"] == second["entities"] == 18_880
-    assert not first["reused"] and second["reused"] and second["seconds"] < first["seconds"] / 5
+    again = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert again["entities"] == wikimel_store["entities"] == 18_880 and again["path"] == wikimel_store["path"]
+    assert again["reused"] and again["seconds"] < wikimel_store["build_seconds"] / 5

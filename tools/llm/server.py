@@ -18,7 +18,9 @@ short. Note what differs from the in-process ``EmbeddedChat``: a request without
 ``temperature`` gets the server's default (0.2), not greedy decoding (the project's client
 always sends one), and the server reuses whatever prompt prefix its KV cache holds from the
 previous request, so a greedy answer can differ in float rounding with what was asked before
-(``EmbeddedChat`` evaluates every prompt the same way; see its module doc).
+(``EmbeddedChat`` evaluates every prompt the same way; see its module doc). A request the server
+cannot read (a malformed body, a wrong field) is answered with HTTP 500 naming the problem, which
+the project's client retries like any 5xx before it gives up.
 
 ``serve_embedded()`` starts this launcher as a child process for the length of a ``with`` block
 and yields its base URL; ``launched()`` does the same for any command that prints

@@ -140,6 +140,31 @@ class MCRScorer(Scorer):
             texts, candidate_texts
         )
 
+    # -- full-KB ranking (eval.full_kb) ---------------------------------------------------------
+    # i2t is S_image alone, a dual encoder: the KB matrix gives exact scores. t2t and it2t read
+    # the cross-encoder, which has no embedding of its own: full-KB ranking retrieves with the
+    # visual-text module's dual encoder (its query for the task: context, image, or their IT2T
+    # fusion) and reranks the retrieved top k with ``forward``.
+
+    @property
+    def embeddings_are_exact(self) -> bool:
+        return self.task == "i2t"
+
+    @property
+    def embedding_scale(self) -> float:
+        """i2t: 1 / tau (S_image = cos / tau); otherwise the dual encoder's retrieval scale."""
+        if self.task == "i2t":
+            return 1.0 / float(self.log_tau.detach().exp())
+        return float(getattr(self.image_text, "embedding_scale", 1.0))
+
+    def query_embedding(self, images: torch.Tensor | None, texts: Sequence[str] | None) -> torch.Tensor:
+        """(B, D) unit query vectors of the dual encoder for this task (retrieval side)."""
+        return self.image_text.query_embedding(images, texts, task=self.task)
+
+    def candidate_embeddings(self, labels: Sequence[str]) -> torch.Tensor:
+        """(N, D) unit vectors of "a photo of <label>", as ``image_similarity`` compares them."""
+        return self.image_text.candidate_embeddings([candidate_prompt(label) for label in labels])
+
     def trainable_state(self) -> dict[str, Any]:
         """What a checkpoint holds: config, cross-encoder + head, tau, trainable image weights."""
         image_state = {

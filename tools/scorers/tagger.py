@@ -124,6 +124,33 @@ class TaggerScorer(Scorer):
                 query = fuse_it2t(query, torch.from_numpy(self.embed_texts(list(texts), kind="query")))
         return cosine_logits(query, candidates.to(query.dtype), self.logit_scale)
 
+    # -- full-KB ranking (eval.full_kb): one candidate matrix shared by every mention -------------
+
+    embeddings_are_exact = True
+    """``forward`` is ``embedding_scale * query_embedding @ candidate_embeddings.T`` for every task."""
+
+    @property
+    def embedding_scale(self) -> float:
+        return float(self.logit_scale)
+
+    def query_embedding(
+        self, images: torch.Tensor | None, texts: Sequence[str] | None, task: Task | None = None
+    ) -> torch.Tensor:
+        """(B, D) unit query vectors of ``task`` (default: the scorer's own): what ``forward``
+        compares with each candidate row."""
+        task = task or self.task
+        if task == "t2t":
+            query = torch.from_numpy(self.embed_texts(list(texts), kind="query"))
+        else:
+            query = self.image_embedding(images)
+            if task == "it2t":
+                query = fuse_it2t(query, torch.from_numpy(self.embed_texts(list(texts), kind="query")))
+        return F.normalize(query, dim=-1)
+
+    def candidate_embeddings(self, candidate_texts: Sequence[str]) -> torch.Tensor:
+        """(N, D) unit vectors of candidate texts, through the text cache (a warm run never encodes)."""
+        return F.normalize(torch.from_numpy(self.embed_texts(list(candidate_texts))), dim=-1)
+
 
 def load_tagger(
     name: str = "tagger", task: Task = "i2t", text_cache: TextEmbeddingCache | None = None
