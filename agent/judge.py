@@ -80,7 +80,7 @@ def ask(model: Any, messages: list[dict[str, Any]], count: int, structured: bool
         if structured and type(model).__name__ == "OpenAIChat":
             return model.choose(messages, options, structured=True)
         return model.choose(messages, options)
-    reply = model.chat(messages, temperature=0.0, max_tokens=16)
+    reply = model.chat(messages, max_tokens=16)  # free text: the configured temperature (default 0)
     return ChoiceReply(
         options, None, reply.text, reply.model, reply.seconds, "free-text", attempts=reply.attempts
     )

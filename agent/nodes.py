@@ -266,7 +266,7 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         try:
             messages = enrich_messages(label, qid, texts[qid], spotlight)
             prompts[qid] = "\n".join(f"[{m['role']}] {m['content']}" for m in messages)
-            reply = res.llm.chat(messages, temperature=0.0, max_tokens=80)
+            reply = res.llm.chat(messages, max_tokens=80)  # the configured temperature (default 0)
             sentence = _first_sentence(unmark(reply.text) if spotlight else reply.text)
             if not sentence:
                 raise ValueError("empty answer")

@@ -19,7 +19,8 @@ speed-up over 1, LLM requests and the most in flight, and wall time against the 
 the process's CPU seconds (every thread, torch's included) over the cores, and the issue's
 measure, describe + retrieve + store + prerank seconds summed over decisions over the cores
 (under contention a node's seconds include waiting for a core, so this one overstates the work).
-Every setting must reach the same decisions as the first.
+Every setting must reach the same decisions as the first (``same``); ``load`` is the machine's
+1-minute load average after the setting (other processes share the cores).
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ def concurrency(args: argparse.Namespace) -> int:
         f"{'warm' if args.embedded else 'cold'} store each setting, {cores} cores"
     )
     header = f"{'N':>3} {'wall s':>7} {'dec/s':>6} {'speed-up':>8} {'LLM req':>7} {'peak':>4} {'CPU s':>6}"
-    print(header + f" {'wall/CPU work':>13} {'wall/node work':>14} {'acc@1':>6}  same decisions")
+    print(header + f" {'wall/CPU work':>13} {'wall/node work':>14} {'acc@1':>6}  same  load")
     first: list | None = None
     rows = {}
     with tempfile.TemporaryDirectory() as warm:
@@ -251,7 +252,8 @@ def concurrency(args: argparse.Namespace) -> int:
             print(
                 f"{n:>3} {wall:7.1f} {len(jobs) / wall:6.2f} {speedup:7.2f}x {requests or '-':>7} "
                 f"{counts.get('peak_in_flight', '-'):>4} {cpu:6.1f} {wall / (cpu / cores):12.2f}x "
-                f"{wall / (result['node_work'] / cores):13.2f}x {accuracy:6.1%}  {decisions == first}"
+                f"{wall / (result['node_work'] / cores):13.2f}x {accuracy:6.1%}  {decisions == first!s:<5} "
+                f"{os.getloadavg()[0]:.1f}"
                 + (f"  ({counts['misses']} not recorded)" if counts.get("misses") else "")
             )
             last = (n, wall / (cpu / cores))

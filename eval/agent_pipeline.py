@@ -81,7 +81,7 @@ class AgentPipeline:
         self.dataset = dataset
         self.run_name = out.name
         self.settings = agent_settings(config, out)
-        self.concurrency = getattr(config, "concurrency", None) or default_concurrency(self.settings)
+        self.concurrency = config.concurrency or default_concurrency(self.settings)
         self._linker: Linker | None = None
 
     @property

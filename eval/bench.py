@@ -1,4 +1,6 @@
-"""``python -m eval.bench prerank|agent|ray``: pre-ranker throughput, agent latency, Ray scale-out.
+"""``python -m eval.bench prerank|agent|ray|fullkb``: pre-ranker throughput, agent latency, Ray
+scale-out, full-KB ranking (``fullkb``: cold and warm seconds, ``items.jsonl`` size and a check
+against the per-mention path; ``eval.bench_fullkb``).
 
 ``ray``: mentions/s of the same cold ``eval.run`` (WikiMEL test, t2t, tagger, empty score and
 text caches) with the local executor and with ``--executor ray`` on a local cluster of
@@ -30,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval import agent_bench
+from eval import agent_bench, bench_fullkb
 from kb.cache import cache_dir
 from kb.dataset import load_dataset
 
@@ -150,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("--data-dir", default=None)
     scale.add_argument("--limit", type=int, default=200, help="first N WikiMEL test mentions")
     scale.add_argument("--workers", type=int, default=2, help="Ray actors (one CPU each)")
+    full_kb = sub.add_parser("fullkb", help="full-KB WikiMEL test: cold/warm s, items.jsonl MB, check")
+    bench_fullkb.add_arguments(full_kb)
     args = parser.parse_args(argv)
+    if args.command == "fullkb":
+        return bench_fullkb.fullkb(args)
     if args.command == "prerank":
         prerank(args)
     elif args.command == "ray":

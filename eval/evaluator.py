@@ -33,7 +33,9 @@ from tools.scorers.base import template_for
 def drop_interval(paired: dict[str, Any]) -> list[float] | None:
     """95% interval of clean − attacked acc@1: the negated paired interval of attacked − clean."""
     interval = paired["ci95"]["acc@1"]
-    return None if interval is None else [round(-interval[1], 6), round(-interval[0], 6)]
+    return (
+        None if interval is None else [round(-interval[1], 6) + 0.0, round(-interval[0], 6) + 0.0]
+    )  # no -0.0
 
 
 class Evaluator:
@@ -174,27 +176,30 @@ class Evaluator:
         return {"stages": stages, "stage_differences": differences}
 
     def drift_from_clean(self, condition: str) -> dict[str, Any]:
-        """``eval.metrics.drift`` of clean vs ``condition``, pooled over (seed, item) pairs scored in
-        both, with the paired bootstrap interval of the accuracy drop (and per stage for the agent)."""
+        """``eval.metrics.drift`` of clean vs ``condition``, pooled over (seed, item) pairs scored in both."""
         scored: dict[str, dict[str, dict[str, Any]]] = {CLEAN: {}, condition: {}}
         for name, by_key in scored.items():
             for seed in self.config.seeds:
                 for record in self.records(name, seed):
                     if not record["error"]:
                         by_key[f"{seed}:{record['id']}"] = record
-        result: dict[str, Any] = drift(scored[CLEAN], scored[condition])
-        result["ci95"] = {"acc_drop": drop_interval(self._paired(condition, None))}
+        return drift(scored[CLEAN], scored[condition])
+
+    def drift_intervals(self, condition: str) -> dict[str, Any]:
+        """The paired bootstrap 95% interval of the accuracy drop clean − ``condition`` and, for a
+        staged (agent) run, each stage's drop with its interval."""
+        intervals: dict[str, Any] = {"acc_drop": drop_interval(self._paired(condition, None))}
         if self.agent is not None:
-            result["stages"] = {}
+            intervals["stages"] = {}
             for stage in STAGES:
                 paired = self._paired(condition, stage)
-                drop = None if paired["acc@1"] is None else round(-paired["acc@1"], 6)
-                result["stages"][stage] = {
+                drop = None if paired["acc@1"] is None else round(-paired["acc@1"], 6) + 0.0
+                intervals["stages"][stage] = {
                     "n": paired["n"],
                     "acc_drop": drop,
                     "acc_drop_ci95": drop_interval(paired),
                 }
-        return result
+        return intervals
 
     def _paired(self, condition: str, stage: str | None) -> dict[str, Any]:
         """Paired bootstrap of attacked − clean ranks on the mentions scored in both."""

@@ -13,7 +13,9 @@ image tasks) are embedded in batches of ``--batch-size``; each batch is one (B, 
 product gathered to the N entities, ``torch.topk`` keeps the best k, and the gold's rank is
 counted on the whole row with ``kb.ranking``'s pessimistic ties. Scores equal the per-mention
 path's (``forward`` over all N texts) up to float rounding, |Δ logit| ≤ 1e-4 at the tagger's
-logit scale 100 (``tests/test_full_kb.py``), so ranks and metrics are the same.
+logit scale 100 (``tests/test_full_kb.py``), so ranks and metrics are the same. Query vectors,
+the KB matrix and the scorer's scale are kept per scorer identity (``eval.full_kb_rank.
+EmbeddingStore``), so a warm run, like the λ path's score cache, never loads the model.
 
 **Storage.** An item line keeps ``ranking`` (the top ``--keep-top`` k, default 100; 0 keeps all)
 with ``ranking_scores`` (same order, best first), and the gold's ``rank`` and ``gold_score``,
@@ -194,7 +196,8 @@ class FullKBPipeline:
         found: dict[int, Ranked] = {}
         if whole:
             golds = [batch[b].candidates.gold_index for b in whole]
-            found.update(zip(whole, rank_rows(scores[whole], golds, keep), strict=True))
+            rows = scores if len(whole) == len(batch) else scores[whole]
+            found.update(zip(whole, rank_rows(rows, golds, keep), strict=True))
         for b, item in enumerate(batch):
             if b not in found:
                 row = scores[b, [self.row[q] for q in item.candidates.qids]]
@@ -319,10 +322,10 @@ def full_kb_record(item: PreparedItem, ranked: Ranked | None, seed: int, conditi
     return {
         **record,
         "ranking": [qids[i] for i in ranked.order],
-        "ranking_scores": [round(float(v), 5) for v in ranked.scores],
+        "ranking_scores": np.round(np.asarray(ranked.scores, np.float64), 5).tolist(),
         "prediction": qids[ranked.order[0]],
         "correct": ranked.rank == 1,
-        "rank": ([qids[i] for i in ranked.order].index(mention.gold) + 1) if mention.gold in [qids[i] for i in ranked.order] else len(ranked.order) + 1,  # BROKEN ON PURPOSE
+        "rank": ranked.rank,
         "gold_score": None if ranked.gold_score is None else round(ranked.gold_score, 5),
         "gold_in_candidates": candidates.gold_index is not None,
         **ranked.extra,

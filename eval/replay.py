@@ -143,6 +143,7 @@ class AdversarialSet:
         return {
             **evaluator.summary(name),
             "drift": evaluator.drift_from_clean(name),
+            "drift_ci95": evaluator.drift_intervals(name),
             "preset": self.preset.params(),
             "adv_dir": str(self.adv_dir),
             "folder": str(self.folder),

@@ -49,7 +49,10 @@ class ConditionResults(BaseModel):
 class AttackResults(ConditionResults):
     """An attack condition, with how far it moved the clean decisions (see ``eval.replay``)."""
 
-    drift: dict[str, float | int | None]
+    drift: dict[str, Any]
+    drift_ci95: dict[str, Any] | None = None
+    """Paired bootstrap interval of ``acc_drop`` (and per stage for the agent: ``eval.evaluator``)."""
+    """n, acc_drop, flip_rate, attack_success, gold_rank_shift, and the ``ci95`` block (agent: ``stages``)."""
     preset: dict[str, Any]
     adv_dir: str
     folder: str

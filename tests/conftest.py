@@ -47,7 +47,7 @@ def _session_cache() -> tuple[Path, bool]:
     kept = os.environ.get("MEL_TEST_CACHE_DIR")
     if kept:
         root = Path(kept).expanduser().resolve()
-        if root in real:
+        if any(root == r or root.is_relative_to(r) for r in real):
             raise RuntimeError(
                 f"MEL_TEST_CACHE_DIR={kept} is the real cache: give the tests a folder of their own"
             )

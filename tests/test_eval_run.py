@@ -196,3 +196,37 @@ def test_an_agent_run_pins_its_llm_and_refuses_a_resume_with_another(
     with pytest.raises(DatasetError, match="differs in agent"):
         run(RunConfig(dataset="m3el", data_dir=str(data), split="all", task="i2t", pipeline="agent"), out)
     assert main([*argv, "--llm-model", "model-a", "--out", str(out)]) == 1  # a flag beats the environment
+
+
+def test_full_kb_run_resumes_writes_strict_results_and_fills_the_mimic_table(
+    tmp_path: Path, cache: Path
+) -> None:
+    """--candidates all: cut lines, a resume after a cut line gives the same metrics, results.json
+    stays strict JSON with its full_kb block, and eval.tables shows it beside the λ run."""
+    from dataclasses import replace
+
+    from eval import full_kb_table, tables
+
+    config = RunConfig(dataset="demo", task="it2t", candidates=None, keep_top=3)
+    full = run(config, tmp_path / "full", progress=False)
+    items = (tmp_path / "full" / "items.jsonl").read_text().splitlines()
+    assert len(items) == 8 and all(len(json.loads(line)["ranking"]) == 3 for line in items)
+    assert full["full_kb"]["entities"] == 19 and full["candidates"] == "all"
+    text = (tmp_path / "full" / "results.json").read_text()
+    json.loads(text, parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+    (cut / "items.jsonl").write_text("\n".join(items[:5]) + "\n" + items[5][:30])
+    resumed = run(config, cut, progress=False)
+    assert resumed["metrics"] == full["metrics"] and resumed["n"] == 8
+    with pytest.raises(DatasetError, match="keep_top"):  # another cut is another folder
+        run(replace(config, keep_top=5), cut, progress=False)
+    candidates = run(RunConfig(dataset="demo", task="it2t"), tmp_path / "lambda", progress=False)
+    markdown = tables.markdown([full, candidates])
+    assert full_kb_table.MARKDOWN_TITLE in markdown and "87.98" in markdown  # MIMIC's WikiMEL H@1
+    _, rows = full_kb_table.collect([full, candidates])
+    assert rows["tagger IT2T full KB"]["demo"]["acc@3"] == full["metrics"]["acc@3"]["mean"] * 100
+    assert rows["tagger IT2T λ=10"]["demo"]["acc@3"] is not None  # read from the λ run's items.jsonl
+    tables.write_tables([full, candidates], tmp_path / "tables")
+    assert (tmp_path / "tables" / full_kb_table.CSV).read_text().startswith("Model,demo H@1,")

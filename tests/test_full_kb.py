@@ -181,3 +181,14 @@ def test_mcr_full_kb_is_exact_for_i2t_and_reranks_the_top_k_for_t2t(cache: Path)
             forward = model(None, [item.context], labels)[0].numpy()
         assert got.extra["reranked"] == 4
         assert np.abs(np.sort(forward)[::-1] - got.scores).max() < 1e-4  # the cross-encoder's scores
+
+
+def test_rank_rows_equals_ranking_then_cut_on_random_ties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, batch, keep = int(rng.integers(1, 60)), int(rng.integers(1, 6)), int(rng.integers(0, 70))
+        scores = torch.from_numpy(rng.integers(0, 6, size=(batch, n)).astype(np.float32))
+        golds = [None if rng.random() < 0.2 else int(rng.integers(0, n)) for _ in range(batch)]
+        for row, gold, got in zip(scores, golds, rank_rows(scores, golds, keep), strict=True):
+            assert list(got.order) == ranking(row.tolist())[: n if keep <= 0 else keep]
+            assert got.rank == gold_rank(row.tolist(), gold)

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -63,7 +64,18 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     }
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
-        ["langgraph", "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port)]
+        [
+            sys.executable,
+            "-m",
+            "langgraph_cli",
+            "dev",
+            "--no-browser",
+            "--no-reload",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         + ["--config", str(_config_in(folder))],
         cwd=folder,
         env=env,
@@ -149,5 +161,7 @@ def test_langgraph_dev_runs_a_decision_and_a_fork_of_it(server) -> None:
     assert fork["steps"][-1]["node"] == "answer"
     longer = client.threads.get_history(thread, limit=50)
     assert len(longer) > len(history), "the fork added checkpoints; the original branch is kept"
-    kept = next(h for h in longer if h["checkpoint"]["checkpoint_id"] == history[0]["checkpoint"]["checkpoint_id"])
+    kept = next(
+        h for h in longer if h["checkpoint"]["checkpoint_id"] == history[0]["checkpoint"]["checkpoint_id"]
+    )
     assert kept["values"]["descriptors"]["words"] == original_words

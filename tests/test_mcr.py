@@ -69,7 +69,9 @@ def test_checkpoint_round_trip(model: MCRScorer, inputs, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_training_command_writes_a_loadable_checkpoint(tmp_path: Path, shared_mel: Path) -> None:
+def test_training_command_writes_a_loadable_checkpoint(
+    tmp_path: Path, shared_mel: Path, wikimel_store: dict
+) -> None:
     out = tmp_path / "mcr.pt"
     command = [
         sys.executable,

@@ -139,21 +139,39 @@ def test_openclip_hub_tag_offline_fails_before_open_clip_runs(monkeypatch: pytes
             registry.get(no_weights)
 
 
-def test_openclip_cached_tag_loads_offline_with_its_quick_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real OpenAI tag resolves, offline, to its cached file with QuickGELU (only the hub-cache
-    lookup is stubbed here: no model is built; the tiny-model test below builds real ones)."""
-    import huggingface_hub
+def test_openclip_cached_tag_resolves_offline_with_its_quick_gelu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """open_clip's real tags resolve, offline, through the real ``huggingface_hub`` lookup, to the
+    files a temporary Hugging Face cache holds for their real repositories, with each tag's
+    QuickGELU and preprocessing. Resolution only: the files are empty safetensors (ViT-B-32 is
+    600 MB); loading a tagged model from such a cache is the tiny-model test below."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
 
+    hub = tmp_path / "hub"
+    files = {}
+    for repo in ("timm/vit_base_patch32_clip_224.openai", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"):
+        cached = hub / f"models--{repo.replace('/', '--')}"
+        (cached / "refs").mkdir(parents=True)
+        (cached / "refs" / "main").write_text(TINY_SNAPSHOT)
+        snapshot = cached / "snapshots" / TINY_SNAPSHOT
+        snapshot.mkdir(parents=True)
+        save_file({}, snapshot / "open_clip_model.safetensors")
+        files[repo] = str(snapshot / "open_clip_model.safetensors")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(
-        huggingface_hub, "try_to_load_from_cache", lambda repo, filename: f"/cache/{repo}/{filename}"
-    )
+    monkeypatch.setenv("HOME", str(tmp_path))  # and no ~/.cache/clip download either
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     source = registry.resolve_openclip("ViT-B-32/openai")
     assert (source.model_name, source.quick_gelu) == ("ViT-B-32", True)
-    assert source.pretrained == "/cache/timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors"
+    assert source.pretrained == files["timm/vit_base_patch32_clip_224.openai"]
     assert dict(source.preprocess)["resize_mode"] == "shortest"
     laion = registry.resolve_openclip("ViT-B-32/laion2b_s34b_b79k")
     assert (laion.model_name, laion.quick_gelu) == ("ViT-B-32", False)
+    assert laion.pretrained == files["laion/CLIP-ViT-B-32-laion2B-s34B-b79K"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ModelUnavailable, match="vit_base_patch32_clip_224.openai"):  # no file: no model
+        registry.resolve_openclip("ViT-B-32/openai")
 
 
 def test_openclip_offline_hint_keeps_the_tags_quick_gelu(

@@ -67,11 +67,14 @@ def test_report_is_one_self_contained_page(runs: dict[str, Path]) -> None:
     results = json.loads((runs["agent"] / "results.json").read_text())
     flipped = results["attacks"]["pgd-report"]["divergence"]["flipped"]
     assert flipped == len(agent_flips)
-    if agent_flips:
-        traces = sorted((runs["page"].parent / "report_traces").glob("*.html"))
-        assert len(traces) == 2 * min(6, len(agent_flips))
-        assert all("Decision trace" in t.read_text(encoding="utf-8") for t in traces)
-        assert "first divergence: <b>" in text
+    # The attack is seeded and the LLM refuses (the pre-ranker decides), so this is deterministic:
+    # on the adversarial image the describer's words and the pre-ranker move, and a decision flips.
+    assert agent_flips, "no agent decision flipped: the trace and divergence parts go untested"
+    traces = sorted((runs["page"].parent / "report_traces").glob("*.html"))
+    assert len(traces) == 2 * min(6, len(agent_flips))
+    assert all("Decision trace" in t.read_text(encoding="utf-8") for t in traces)
+    assert "first divergence: <b>" in text
+    assert text.count("report_traces/") >= 2 * min(6, len(agent_flips)), "each flip links both traces"
 
 
 def test_report_renders_a_run_killed_mid_line(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -132,7 +135,9 @@ def test_report_renders_in_headless_chromium(runs: dict[str, Path]) -> None:
         )
         assert table[0][:2] == ["Model", "I2T RAW"]
         assert {row[0] for row in table[1:]} == {"tagger", "agent (tagger)"}
-        assert all(re.fullmatch(r"\d+\.\d", row[1]) for row in table[1:]), table
+        assert all(re.fullmatch(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", row[1]) for row in table[1:]), (
+            table
+        )  # acc@1 [95% CI]
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
         )
