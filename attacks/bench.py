@@ -7,7 +7,8 @@
         [--min-megapixels M] [--peak-tflops T] [--no-per-image]
 
 Three timings per preset, in one process, on the same decoded images, candidate texts and labels
-(the scorer's clean top-1, so every image is attacked by every path):
+(the scorer's clean top-1, so every image is attacked by every path), taken batch by batch in
+turn so that the changing load of a shared machine weighs on all three alike:
 
 * batched: ``attacks.engine.attack_batch`` on mixed-size batches (``attacks.items.mixed_batches``)
   plus the norms and checks, which is what ``attacks.generate`` runs short of writing files;
@@ -138,8 +139,8 @@ def bare_path(
     for _, image, texts, label in samples:
         target = CandidateTarget(scorer, None, [texts], resized=space == "model-input", dtype=cast).eval()
         labels = torch.tensor([label], device=image.device)
+        pixels = image[None].clone().requires_grad_(True)  # one leaf: not even a copy per step
         for _ in range(preset.steps):
-            pixels = image[None].clone().requires_grad_(True)
             loss = F.cross_entropy(target(pixels), labels, reduction="sum")
             torch.autograd.grad(loss, [pixels])
 
@@ -243,13 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     for preset in resolve(args.attack, args.presets_file):
         preset = preset.with_steps(args.steps) if args.steps else preset
         batched_path(scorer, preset, batches[:1], args)  # warm-up: caches, allocator, kernels
-        batched = timed(device, lambda p=preset: batched_path(scorer, p, batches, args))
-        bare = timed(device, lambda p=preset: bare_path(scorer, p, samples, args.dtype, args.space))
-        single = (
-            None
-            if args.no_per_image
-            else timed(device, lambda p=preset: per_image_path(scorer, p, samples, args.seed))
-        )
+        batched, bare, single = 0.0, 0.0, None if args.no_per_image else 0.0
+        for batch in batches:  # interleaved batch by batch: a shared machine's load hits all paths alike
+            batched += timed(device, lambda p=preset, b=batch: batched_path(scorer, p, [b], args))
+            bare += timed(device, lambda p=preset, b=batch: bare_path(scorer, p, b, args.dtype, args.space))
+            if single is not None:
+                single += timed(device, lambda p=preset, b=batch: per_image_path(scorer, p, b, args.seed))
         row = {
             "preset": preset.name,
             "steps": preset.steps,

@@ -67,7 +67,7 @@ def row_name(run: dict[str, Any]) -> str:
 
 
 def collect(results: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, Row]]:
-    """Datasets (MIMIC's three first) and rows, or no rows when no run ranked the full KB."""
+    """Datasets (MIMIC's three, then the runs' others) and rows; no rows when no run ranked the full KB."""
     full = [r for r in results if is_full_kb(r)]
     if not full:
         return [], {}
@@ -81,8 +81,8 @@ def collect(results: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, Row
             dataset: dict(zip(("acc@1", "acc@3", "acc@5", "mrr", "mr"), values, strict=True))
             for dataset, values in by_dataset.items()
         }
-    seen = {d for r in runs for d in [r["dataset"]]}
-    datasets = [d for d in DATASETS if d in seen] + sorted(seen - set(DATASETS))
+    seen = {r["dataset"] for r in runs}
+    datasets = [*DATASETS, *sorted(seen - set(DATASETS))]  # MIMIC's three always, as anchors
     return datasets, rows
 
 

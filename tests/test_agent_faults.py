@@ -30,6 +30,9 @@ SLACK_S = 0.6
 """Scheduling headroom on a loaded 2-core machine."""
 LLM_FAULTS = ["429:0.1", "500", "malformed", "empty", "cut", "sleep:2", "hangup", "ok", "ok"]
 MENTIONS = 3
+WRITTEN = "An American computer scientist and United States Navy rear admiral."
+"""The good answers: a description the writer keeps (a "Candidate 2" reply is caught by the
+instruction filter) and that names no candidate, so the judge falls back on it too."""
 CANDIDATES = 5
 
 
@@ -60,7 +63,7 @@ def _agent_run(root: Path) -> tuple[dict[str, Any], float]:
 def misbehaving(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("faults")
     with (
-        fault_server(LLM_FAULTS * 12, default="500") as llm,
+        fault_server(LLM_FAULTS * 12, default="500", answer=WRITTEN) as llm,
         MediaWikiServer(Corpus()) as wiki,
         pytest.MonkeyPatch.context() as patch,
     ):

@@ -229,4 +229,4 @@ def test_full_kb_run_resumes_writes_strict_results_and_fills_the_mimic_table(
     assert rows["tagger IT2T full KB"]["demo"]["acc@3"] == full["metrics"]["acc@3"]["mean"] * 100
     assert rows["tagger IT2T λ=10"]["demo"]["acc@3"] is not None  # read from the λ run's items.jsonl
     tables.write_tables([full, candidates], tmp_path / "tables")
-    assert (tmp_path / "tables" / full_kb_table.CSV).read_text().startswith("Model,demo H@1,")
+    assert (tmp_path / "tables" / full_kb_table.CSV).read_text().startswith("Model,WikiMEL H@1,")

@@ -121,11 +121,11 @@ def test_agent_link_on_an_id_and_on_an_image_with_the_embedded_model(tmp_path: P
     ad_hoc_args = ["--image", str(photo), "--text", "Our cat on the sofa", "--mention", "cat"]
     (ad_hoc,) = _link([*ad_hoc_args, "--qids", "Q146,Q144,Q8486", "--kb", "demo", *common], env)
     for record in (by_id, ad_hoc):
-        assert record["error"] is None and record["prediction"] in record["candidates"], record
+        assert "error" not in record and record["decision"] in record["ranking"], record
         assert record["judge"] == "used", (record["judge"], record["fallbacks"])  # the model answered
-        assert record["thread"].split("|")[1] == record["id"]
-    assert by_id["id"] == "chelsea-0" and by_id["gold"] == "Q146" and len(by_id["candidates"]) == 3
-    assert set(ad_hoc["candidates"]) == set(ad_hoc["ranking"]) == {"Q146", "Q144", "Q8486"}
+        assert record["thread_id"].split("|")[1] == record["id"]
+    assert by_id["id"] == "chelsea-0" and by_id["gold"] == "Q146" and len(by_id["ranking"]) == 3
+    assert set(ad_hoc["ranking"]) == {"Q146", "Q144", "Q8486"}
     listed = subprocess.run(
         [sys.executable, "-m", "agent.trace", "list", "--checkpoint-db", str(db)],
         capture_output=True,
