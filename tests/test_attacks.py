@@ -17,10 +17,13 @@ import torchattacks  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from attacks import generate  # noqa: E402
+from attacks.apgd import RowAPGD  # noqa: E402
 from attacks.checks import batch_checks, failed, perturbation_norms, png_bound  # noqa: E402
-from attacks.engine import FixedCW, attack_batch, cw_margin  # noqa: E402
+from attacks.engine import BatchResult, FixedCW, attack_batch, build_attack, cw_margin, quantize  # noqa: E402
 from attacks.output import write_png  # noqa: E402
-from attacks.presets import PRESETS, load_presets, resolve  # noqa: E402
+from attacks.pgd import RowPGD  # noqa: E402
+from attacks.presets import PRESETS, Preset, load_presets, resolve  # noqa: E402
+from attacks.target import CandidateTarget  # noqa: E402
 from kb.dataset import load_dataset  # noqa: E402
 from kb.images import load_rgb, to_tensor  # noqa: E402
 from tools.scorers import load_scorer  # noqa: E402
@@ -137,6 +140,162 @@ def test_pgd_on_real_photo_respects_eps_and_raises_loss(tagger, demo) -> None:
     assert failed(flags[0]) == [] and flags[0]["grad_nonzero"] and flags[0]["eval_mode"]
     norms = perturbation_norms(image, result.adversarial)
     assert float(norms["linf_png"][0]) <= png_bound(preset.eps) + 1e-6
+
+
+def _result(clean: list[torch.Tensor], adversarial: list[torch.Tensor], **changes: object) -> BatchResult:
+    """A ``BatchResult`` built by hand (predictions and losses do not enter the checks)."""
+    n = len(clean)
+    fields = dict(
+        clean=clean,
+        adversarial=adversarial,
+        quantized=[quantize(x.clone()) for x in adversarial],
+        clean_pred=torch.zeros(n, dtype=torch.long),
+        adv_pred=torch.zeros(n, dtype=torch.long),
+        png_pred=torch.zeros(n, dtype=torch.long),
+        already_misclassified=torch.zeros(n, dtype=torch.bool),
+        grad_norm=torch.ones(n),
+        clean_loss=torch.zeros(n),
+        adv_loss=torch.zeros(n),
+        eval_mode=True,
+        seconds=0.0,
+    )
+    return BatchResult(**{**fields, **changes})
+
+
+def test_each_check_turns_false_on_the_case_it_exists_to_catch() -> None:
+    """One broken adversarial per flag, on clean pixels of the 8-bit grid: a ``batch_checks`` that
+    always said yes fails here (the real attacks only ever make passing images)."""
+    preset = PRESETS["pgd-n"]  # Linf, eps 8/255
+    clean = torch.full((3, 4, 5), 128 / 255)
+    clean[:, 0, 0] = 250 / 255  # near white: +8/255 would leave [0, 1]
+
+    def moved(row: int, col: int, by: float) -> torch.Tensor:
+        x = clean.clone()
+        x[1, row, col] += by
+        return x
+
+    nan, inf = clean.clone(), clean.clone()
+    nan[2, 3, 4], inf[0, 2, 2] = float("nan"), float("inf")
+    cases = {
+        "on the ball's edge": (moved(1, 1, 8 / 255), []),
+        "a pixel 9/255 away": (moved(1, 1, 9 / 255), ["eps_float", "eps_png"]),
+        "8.4/255: outside in float, rounded back in": (moved(1, 1, 8.4 / 255), ["eps_float"]),
+        "past white": (moved(0, 0, 7 / 255), ["range"]),
+        "NaN": (nan, ["eps_float", "eps_png", "range", "finite"]),
+        "inf": (inf, ["eps_float", "eps_png", "range", "finite"]),
+    }
+    names = list(cases)
+    adversarial = [cases[name][0] for name in names]
+    flags = batch_checks(preset, [clean] * len(names), _result([clean] * len(names), adversarial))
+    assert {name: failed(f) for name, f in zip(names, flags, strict=True)} == {
+        name: wanted for name, (_, wanted) in cases.items()
+    }
+    assert all(f["grad_nonzero"] is True and f["eval_mode"] is True for f in flags)
+
+    fine = moved(1, 1, 2 / 255)
+    blind = _result([clean] * 3, [fine] * 3, grad_norm=torch.tensor([0.0, float("nan"), 1e-9]))
+    assert [f["grad_nonzero"] for f in batch_checks(preset, [clean] * 3, blind)] == [False, None, True]
+    training = batch_checks(preset, [clean], _result([clean], [fine], eval_mode=False))
+    assert failed(training[0]) == ["eval_mode"]
+    cw = batch_checks(PRESETS["cw-n"], [clean], _result([clean], [moved(1, 1, 0.3)]))
+    assert cw[0]["eps_float"] is None and cw[0]["eps_png"] is None and failed(cw[0]) == []  # L2: no ball
+
+
+def test_a_blind_attack_and_a_scorer_left_training_are_caught_on_the_real_tagger(
+    tagger, demo, monkeypatch
+) -> None:
+    """The same flags through ``attack_batch`` on a real photo: logits that do not depend on the
+    pixels (a detached preprocessing) give a zero first gradient; an attack that leaves the
+    scorer in training mode is recorded, and the scorer is put back in eval mode."""
+    mention = demo.mention("astronaut-0")
+    image = to_tensor(load_rgb(mention.image_path))[None]
+    labels = [candidate_prompt(demo.entities[q].label) for q in ("Q11631", "Q11641", "Q7251")]
+    preset = PRESETS["pgd-n"].with_steps(1)
+    gold = torch.tensor([int(tagger(image, None, [labels]).argmax())])
+    real_forward = CandidateTarget.forward
+    with monkeypatch.context() as patch:  # the real logits, detached: d loss / d pixels == 0
+        patch.setattr(
+            CandidateTarget, "forward", lambda self, xs: real_forward(self, xs).detach() + (xs[0] * 0).sum()
+        )
+        blind = attack_batch(tagger, preset, image, gold, [labels])
+    assert float(blind.grad_norm[0]) == 0.0
+    assert failed(batch_checks(preset, image, blind)[0]) == ["grad_nonzero"]
+
+    import attacks.engine
+
+    real_build = attacks.engine.build_attack
+
+    def leaves_training(preset: Preset, target: CandidateTarget, *args: object, **kwargs: object):
+        attack = real_build(preset, target, *args, **kwargs)
+
+        def run(*call_args: object, **call_kwargs: object):
+            found = attack(*call_args, **call_kwargs)
+            target.scorer.train()
+            return found
+
+        return run
+
+    monkeypatch.setattr(attacks.engine, "build_attack", leaves_training)
+    trained = attack_batch(tagger, preset, image, gold, [labels])
+    assert trained.eval_mode is False and not tagger.training  # recorded, then put back
+    assert failed(batch_checks(preset, image, trained)[0]) == ["eval_mode"]
+
+
+def test_presets_reach_the_attack_objects_and_dlr_needs_three_candidates(tagger) -> None:
+    """Each Table 1 preset builds the attack it names with its own values; CW is ``FixedCW``
+    (eq. 4), never stock ``torchattacks.CW``; APGD's DLR loss is refused under 3 candidates."""
+    three = CandidateTarget(tagger, None, [["a photo of a cat", "a photo of a dog", "a photo of a car"]])
+    built = {name: build_attack(preset, three) for name, preset in PRESETS.items()}
+    for name in ("pgd-n", "pgd-s"):
+        attack, preset = built[name], PRESETS[name]
+        assert type(attack) is RowPGD and attack.random_start is True, name
+        assert (attack.eps, attack.alpha, attack.steps) == (preset.eps, preset.alpha, preset.steps), name
+    for name in ("apgd-n", "apgd-s"):
+        attack, preset = built[name], PRESETS[name]
+        assert type(attack) is RowAPGD and (attack.norm, attack.loss, attack.n_classes) == ("Linf", "ce", 3)
+        assert (attack.eps, attack.steps) == (preset.eps, preset.steps), name
+    for name in ("cw-n", "cw-s"):
+        attack, preset = built[name], PRESETS[name]
+        assert type(attack) is FixedCW and attack.f.__func__ is not torchattacks.CW.f, name
+        assert (attack.c, attack.kappa, attack.steps, attack.lr) == (
+            preset.c,
+            preset.kappa,
+            preset.steps,
+            preset.lr,
+        )
+    assert build_attack(PRESETS["apgd-n"], three, loss="dlr").loss == "dlr"
+    two = CandidateTarget(tagger, None, [["a photo of a cat", "a photo of a dog"]])
+    with pytest.raises(ValueError, match="DLR loss needs >= 3 candidates, got 2"):
+        build_attack(PRESETS["apgd-n"], two, loss="dlr")
+    assert build_attack(PRESETS["apgd-n"], two).loss == "ce"  # cross-entropy runs on any count
+
+
+@pytest.mark.parametrize("name", ["apgd-n", "apgd-s"])
+def test_apgd_on_a_real_photo_stays_in_its_ball_and_fools_or_returns_the_clean_image(
+    tagger, demo, name
+) -> None:
+    """APGD really runs (2 steps of each Table 1 preset): in the ε ball and [0, 1], every check
+    passed, a non-zero first gradient; per AutoAttack, a photo it does not fool comes back clean."""
+    images, labels, golds = [], [], []
+    for mention_id, qids in (
+        ("astronaut-0", ("Q11631", "Q11641", "Q7251")),
+        ("chelsea-0", ("Q146", "Q144", "Q8486")),
+    ):
+        mention = demo.mention(mention_id)
+        images.append(to_tensor(load_rgb(mention.image_path)))
+        labels.append([candidate_prompt(demo.entities[q].label) for q in qids])
+        golds.append(int(tagger(images[-1][None], None, [labels[-1]]).argmax()))
+    preset = PRESETS[name].with_steps(2)
+    result = attack_batch(tagger, preset, images, torch.tensor(golds), labels, None, seed=0, ids=["a", "b"])
+    assert result.already_misclassified.tolist() == [False, False]
+    flags = batch_checks(preset, images, result)
+    for b, image in enumerate(images):
+        delta = (result.adversarial[b] - image).abs().max()
+        assert failed(flags[b]) == [] and flags[b]["grad_nonzero"] is True, (name, b, flags[b])
+        assert float(delta) <= preset.eps + 1e-6 and 0 <= float(result.adversarial[b].min())
+        fooled = int(result.adv_pred[b]) != golds[b]
+        assert fooled == (float(delta) > 0), (name, b, fooled, float(delta))
+    assert int((result.adv_pred != torch.tensor(golds)).sum()) >= 1, "the strong ball fools at least one"
 
 
 def test_png_rounds_not_truncates(tmp_path: Path) -> None:

@@ -81,6 +81,27 @@ def session(
     return capsys.readouterr().out
 
 
+def thread_rows(db: Path, thread: str) -> dict[str, list[tuple]]:
+    """Every row the thread has, every column, in every table keyed by ``thread_id``
+    (LangGraph's ``checkpoints``, with their metadata, and its pending ``writes``)."""
+    connection = sqlite3.connect(str(db))
+    try:
+        tables = [
+            name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        found = {}
+        for table in tables:
+            columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+            if "thread_id" in columns:
+                found[table] = sorted(
+                    connection.execute(f"SELECT * FROM {table} WHERE thread_id = ?", (thread,)).fetchall(),
+                    key=repr,
+                )
+        return found
+    finally:
+        connection.close()
+
+
 def rows(db: Path, thread: str) -> list[tuple]:
     connection = sqlite3.connect(str(db))
     try:
@@ -129,6 +150,8 @@ def test_scripted_session_answers_from_the_trace_and_forks_what_ifs(
     original = store.get(thread).values
     store.close()
     before_rows = rows(db, thread)
+    before_all = thread_rows(db, thread)
+    assert {"checkpoints", "writes"} <= set(before_all) and before_all["writes"], before_all.keys()
     labels = {c["qid"]: c["label"] for c in original["candidates"]}
     decision = original["decision"]
     runner_up = next(q for q in original["prerank"]["order"] if q != decision)
@@ -165,6 +188,7 @@ def test_scripted_session_answers_from_the_trace_and_forks_what_ifs(
     assert "error: this decision already used the clean image" in out
 
     assert rows(db, thread) == before_rows, "forks never write to the original thread"
+    assert thread_rows(db, thread) == before_all, "nor to its metadata or writes, in any table"
     store = TraceStore(db)
     assert store.get(thread).values == original
     first, second = f"{thread}~whatif-1", f"{thread}~whatif-2"

@@ -7,9 +7,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from support import private_cache
+from PIL import Image
+from support import private_cache, score_rows
 
 from attacks import generate
 from eval import run as eval_run
@@ -110,6 +112,39 @@ def test_missing_images_are_generated_and_drift_matches_the_item_lines(env: Path
             assert adv[record["id"]]["prediction"] == record["png_prediction"]
 
 
+def test_manifest_norms_are_those_of_the_saved_files(env: Path, replayed: dict) -> None:
+    """Each manifest line's Linf and L2, recomputed from its saved ``.pt`` and ``.png`` and the
+    clean photo (not read back from the generator's own arithmetic)."""
+    from kb.dataset import load_dataset
+    from kb.images import load_rgb, to_tensor
+
+    demo = load_dataset("demo")
+    folder = env / "adv" / "PGD-fast" / "demo"
+    records = lines(folder / "manifest.jsonl")
+    for record in records:
+        clean = to_tensor(load_rgb(demo.mention(record["id"]).image_path)).double()
+        delta = torch.load(folder / record["pt"]).double() - clean
+        png = torch.from_numpy(np.array(Image.open(folder / record["png"]))).permute(2, 0, 1)
+        delta_png = (png.float() / 255).double() - clean  # float32 pixels, as the generator holds them
+        recomputed = {
+            "linf": float(delta.abs().max()),
+            "l2": float(torch.linalg.vector_norm(delta)),
+            "linf_png": float(delta_png.abs().max()),
+            "l2_png": float(torch.linalg.vector_norm(delta_png)),
+        }
+        # Linf: exact but for the manifest's 6 decimals; L2: a float32 sum over up to millions of
+        # squares, a float64 reference differs by up to 5.6e-5 relative (measured, rocket-0)
+        assert [record["linf"], record["linf_png"]] == pytest.approx(
+            [recomputed["linf"], recomputed["linf_png"]], rel=0, abs=1e-6
+        ), record["id"]
+        assert [record["l2"], record["l2_png"]] == pytest.approx(
+            [recomputed["l2"], recomputed["l2_png"]], rel=2e-4, abs=1e-6
+        ), record["id"]
+        assert recomputed["linf_png"] <= 16 / 255 + 1e-6
+        assert (recomputed["linf"] > 0) is not record["already_misclassified"], record
+    assert sum(record["linf"] > 0 for record in records) >= 3  # norms of images the attack moved
+
+
 def test_tables_have_the_table_2_columns(env: Path, replayed: dict) -> None:
     out = env / "run"
     header = next(line for line in (out / MARKDOWN).read_text().splitlines() if line.startswith("| Model"))
@@ -134,13 +169,20 @@ def test_cli_prints_the_table(env: Path, replayed: dict, capsys: pytest.CaptureF
     assert len(lines(env / "run" / "items.jsonl")) == 16
 
 
-def test_resume_after_a_cut_in_the_attack_lines(env: Path, replayed: dict) -> None:
+def test_resume_after_a_cut_in_the_attack_lines(
+    env: Path, replayed: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resumed run gets an empty score cache of its own: it scores the 5 lost attack lines
+    again instead of reading back the logits the full run stored for the same image bytes."""
     items = (env / "run" / "items.jsonl").read_text().splitlines()
     cut = env / "cut"
     cut.mkdir()
     shutil.copy(env / "run" / "config.json", cut / "config.json")
     (cut / "items.jsonl").write_text("\n".join(items[:11]) + "\n" + items[11][:50])  # 3 attack lines kept
+    fresh = private_cache(env / "resume-cache")
+    monkeypatch.setenv("MEL_CACHE_DIR", str(fresh))
     resumed = run(attack_config(env), cut, progress=False)
+    assert score_rows(fresh) == 5, "the 5 attack lines the cut lost were scored again"
     assert resumed["metrics"] == replayed["metrics"]
     for key in ("metrics", "drift", "n", "skipped"):
         assert resumed["attacks"]["pgd-fast"][key] == replayed["attacks"]["pgd-fast"][key]

@@ -106,15 +106,45 @@ def _state(order: list[str], probabilities: list[float]) -> dict:
     }
 
 
-def _resources(tmp_path: Path, llm: LLMSettings | None = None, **settings) -> Resources:
+def _resources(tmp_path: Path, llm: LLMSettings | None = None, task: str = "i2t", **settings) -> Resources:
     agent = AgentSettings(
-        task="i2t",
+        task=task,
         llm=llm or LLMSettings(),
         wiki=WikiSettings(mode="offline", cache_dir=tmp_path / "wiki"),
         checkpoint_db=tmp_path / "cp.sqlite",
         **settings,
     )
     return Resources(agent, {})
+
+
+PAPER_QUESTION = {  # seed paper 000, section 4, the MLLM prompts, copied from the paper's text
+    "i2t": "Which candidate best describes the main object in this image? \n Answer with the index of the candidate.",
+    "it2t": "Please observe the image and understand the description. Which candidate best describes the "
+    "main object in the image? \n Answer with the index of the candidate.",
+}
+
+
+@pytest.mark.parametrize("task", ["i2t", "it2t"])
+def test_the_judge_asks_the_papers_question_and_its_answer_decides(tmp_path: Path, task: str) -> None:
+    """Over a real OpenAI-compatible server on 127.0.0.1 (no logprobs: the free-text answer is
+    parsed): the request ends with the paper's question word for word, and the judge's answer,
+    not the pre-ranker, picks the decision: answers "1", "2", "3" give three decisions."""
+    from openai_faults_server import fault_server
+
+    state = _state(["Q146", "Q41291", "Q8486"], [0.5, 0.2, 0.3])
+    decisions = {}
+    for answer in ("1", "2", "3"):
+        with fault_server(answer=answer) as server:
+            llm = LLMSettings(base_url=server.url, model="fault-model", retries=0)
+            out = judge_node(state, _resources(tmp_path, llm=llm, task=task, judge_weight=1.0))
+            (body,) = server.bodies
+        record = out["judge"]
+        question = body["messages"][-1]["content"]
+        assert question.endswith(PAPER_QUESTION[task]), question[-300:]
+        assert record["fallback"] is None and record["raw"] == answer
+        assert record["decision"] == record["shortlist"][int(answer) - 1]
+        decisions[answer] = record["decision"]
+    assert sorted(decisions.values()) == sorted(["Q146", "Q41291", "Q8486"]), decisions
 
 
 @pytest.mark.slow
