@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,17 @@ class CandidateStore:
         self.descriptions = client.get_or_create_collection(
             "descriptions", embedding_function=function, metadata=space
         )
+        self._writers: dict[str, threading.Lock] = {}
+        self._writers_guard = threading.Lock()
+
+    @contextmanager
+    def writing(self, description_id: str) -> Iterator[None]:
+        """One writer per description (candidate, evidence, prompt) among concurrent decisions (``--concurrency``): the
+        others wait, then read what it stored, instead of asking the LLM the same question again."""
+        with self._writers_guard:
+            lock = self._writers.setdefault(description_id, threading.Lock())
+        with lock:
+            yield
 
     @staticmethod
     def _evidence_id(qid: str, mode: str) -> str:

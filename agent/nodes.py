@@ -250,36 +250,41 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     version = ENRICH_PROMPT_VERSIONS[spotlight]
     records = {c["qid"]: _candidate_records(state, c["qid"], c["label"]) for c in state["candidates"]}
     texts = {q: [r["text"][:limit] for r in rs if r.get("text")] for q, rs in records.items()}
-    model_name = res.llm.name
-    ids = {
-        q: res.store.description_id(q, evidence_digest(r), model_name, version) for q, r in records.items()
-    }
+    digests = {q: evidence_digest(r) for q, r in records.items()}
+    ids = {q: res.store.description_id(q, d, res.llm.name, version) for q, d in digests.items()}
     descriptions = res.store.get_descriptions(ids)
     origin = {q: "store" for q in descriptions}
-    written: dict[str, tuple[str, str]] = {}
+    written: list[str] = []
     prompts: dict[str, str] = {}
     fallbacks: list[str] = []
     for candidate in state["candidates"]:
         qid, label = candidate["qid"], candidate["label"]
         if qid in descriptions:
             continue
-        try:
-            messages = enrich_messages(label, qid, texts[qid], spotlight)
-            prompts[qid] = "\n".join(f"[{m['role']}] {m['content']}" for m in messages)
-            reply = res.llm.chat(messages, max_tokens=80)  # the configured temperature (default 0)
-            sentence = _first_sentence(unmark(reply.text) if spotlight else reply.text)
-            if not sentence:
-                raise ValueError("empty answer")
-        except Exception as exc:  # noqa: BLE001 - the evidence speaks for itself then
-            descriptions[qid] = _evidence_sentence(texts[qid], label, spotlight)
-            origin[qid] = f"fallback: {_short(exc)}"
-            fallbacks.append(f"enrich {qid}: {_short(exc)}; first evidence sentence used")
-            continue
-        descriptions[qid] = sentence
-        origin[qid] = "llm"
-        digest = evidence_digest(records[qid])
-        # Keyed by the name after the call: a server's model is known once it has answered.
-        written[qid] = (res.store.description_id(qid, digest, res.llm.name, version), sentence)
+        with res.store.writing(f"{qid}:{digests[qid]}:{version}"):  # another decision may be writing it
+            # Keyed by the model's name now: a server's model is known once it has answered.
+            key = res.store.description_id(qid, digests[qid], res.llm.name, version)
+            stored = res.store.get_descriptions({qid: key})
+            if stored:
+                descriptions[qid], origin[qid] = stored[qid], "store"
+                continue
+            try:
+                messages = enrich_messages(label, qid, texts[qid], spotlight)
+                prompts[qid] = "\n".join(f"[{m['role']}] {m['content']}" for m in messages)
+                reply = res.llm.chat(messages, max_tokens=80)  # the configured temperature (default 0)
+                sentence = _first_sentence(unmark(reply.text) if spotlight else reply.text)
+                if not sentence:
+                    raise ValueError("empty answer")
+            except Exception as exc:  # noqa: BLE001 - the evidence speaks for itself then
+                descriptions[qid] = _evidence_sentence(texts[qid], label, spotlight)
+                origin[qid] = f"fallback: {_short(exc)}"
+                fallbacks.append(f"enrich {qid}: {_short(exc)}; first evidence sentence used")
+                continue
+            descriptions[qid] = sentence
+            origin[qid] = "llm"
+            key = res.store.description_id(qid, digests[qid], res.llm.name, version)
+            res.store.put_descriptions({qid: (key, sentence)}, res.llm.name)  # seen by the waiters
+            written.append(qid)
     if spotlight:
         for candidate in state["candidates"]:
             qid, label = candidate["qid"], candidate["label"]
@@ -291,8 +296,7 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
                 fallbacks.append(
                     f"enrich {qid}: written description carries instructions ({shown}); first evidence sentence used"
                 )
-    model_name = res.llm.name
-    res.store.put_descriptions(written, model_name)
+    model_name = res.llm.name  # a server's model is known once it has answered
     return {
         "descriptions": descriptions,
         "description_origin": origin,

@@ -86,6 +86,7 @@ class PlantedStore(CandidateStore):
 
         self.path = base.path
         self.descriptions = base.descriptions
+        self._writers, self._writers_guard = base._writers, base._writers_guard  # one writer each
         client = chromadb.EphemeralClient()
         function = EncoderEmbeddingFunction(registry.get("minilm"))
         self.evidence = client.get_or_create_collection(

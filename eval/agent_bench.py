@@ -110,13 +110,17 @@ def latency(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ concurrency
 
 
-def _pass(dataset: Any, jobs: list, settings: Any, concurrency: int, scratch: Path, share: Any) -> dict:
-    """One timed batch of decisions N at a time: wall and CPU seconds, records in job order."""
+def _pass(
+    dataset: Any, jobs: list, settings: Any, concurrency: int, scratch: Path, share: Any, db: str = ""
+) -> dict:
+    """One timed batch of decisions N at a time: wall and CPU seconds, records in job order. Each
+    pass checkpoints into its own file (``db``, default ``c<N>.sqlite``), so none reads another's
+    decisions back."""
     from agent.concurrency import in_order
     from agent.link import Linker, decision_record, initial_state
 
     resources = _resources(settings, dataset, scratch, share)
-    linker = Linker(resources, scratch / f"c{concurrency}.sqlite")
+    linker = Linker(resources, scratch / (db or f"c{concurrency}.sqlite"))
 
     def decide(job: tuple) -> dict[str, Any]:
         seed, mention, candidates, image = job
@@ -238,7 +242,9 @@ def concurrency(args: argparse.Namespace) -> int:
                 with context as url:
                     settings = _settings(args, url, scratch_path / f"{n}.sqlite")
                     if args.embedded and share is None:  # fill the store once, untimed
-                        share = _pass(dataset, jobs, settings, 1, scratch_path, None)["resources"]
+                        share = _pass(dataset, jobs, settings, 1, scratch_path, None, "fill.sqlite")[
+                            "resources"
+                        ]
                     result = _pass(dataset, jobs, settings, n, scratch_path, share)
                     counts = stats(url) if url and not args.llm_base_url else {}
                 share = share or result["resources"]

@@ -169,14 +169,16 @@ def test_eval_run_with_concurrency_writes_what_a_sequential_run_writes(tmp_path:
         recorded, _ = agent_run("recorded", url, 1)
         assert stats(url)["recorded"] >= 4 and stats(url)["misses"] == 0
     port = closed_port()
-    outcomes, peaks = {}, {}
+    outcomes, peaks, requests = {}, {}, {}
     for concurrency in (1, 4):
         with replay(DELAY_S, port if concurrency > 1 else 0) as url:
             outcomes[concurrency] = agent_run(f"c{concurrency}", url, concurrency)
             counts = stats(url)
         assert counts["misses"] == 0, "every request was one the real model answered"
-        peaks[concurrency] = counts["peak_in_flight"]
+        peaks[concurrency], requests[concurrency] = counts["peak_in_flight"], counts["hits"]
     assert peaks[1] == 1 and peaks[4] >= 2, "with --concurrency 4 decisions waited on the LLM at once"
+    # Candidates shared by decisions in flight are described once (CandidateStore.writing).
+    assert requests[4] == requests[1], requests
     (sequential, sequential_s), (concurrent, concurrent_s) = outcomes[1], outcomes[4]
     assert _items(tmp_path / "c4") == _items(tmp_path / "c1") == _items(tmp_path / "recorded")
     assert concurrent["metrics"] == sequential["metrics"] == recorded["metrics"] and recorded["n"] == 4

@@ -274,3 +274,18 @@ def test_errors_copies_and_identity(env: pytest.MonkeyPatch) -> None:
     assert WikiSettings(wikipedia_api="http://unused/w/api.php").identity() == {"mode": "offline"}
     assert agent.identity() == agent.replace(checkpoint_db=Path("elsewhere.sqlite")).identity()
     assert "sk-secret" not in json.dumps(agent.identity()) + json.dumps(agent.to_json())
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        *((v, True) for v in ("true", "1", "yes", "on", "ON")),
+        *((v, False) for v in ("false", "0", "no", "off")),
+    ],
+)
+def test_every_boolean_form_the_error_names_parses(env: pytest.MonkeyPatch, raw: str, parsed: bool) -> None:
+    """The forms the error message promises (true/false, 1/0, yes/no, on/off), both ways: the
+    default of ``stream`` is False, so each false form is set over a True default first."""
+    env.setenv("MEL_LLM_STREAM", raw)
+    assert LLMSettings.from_env().stream is parsed
+    assert LLMSettings.from_env(stream=not parsed).stream is not parsed  # arguments still win
