@@ -24,30 +24,18 @@ disk would run ``it2t`` (the command reports how many there were).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from eval import agent_bench, bench_fullkb
+from eval.bench_fullkb import timed_run
 from kb.cache import cache_dir
 from kb.dataset import load_dataset
 
 TARGET_SECONDS = 300.0
-
-
-def timed_run(arguments: list[str], env: dict[str, str], out: Path) -> tuple[float, dict]:
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "eval.run", *arguments, "--out", str(out), "--quiet"],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - started, json.loads((out / "results.json").read_text())
 
 
 def prerank(args: argparse.Namespace) -> None:

@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _eval_run(arguments: list[str], env: dict[str, str], out: Path) -> tuple[float, dict]:
+def timed_run(arguments: list[str], env: dict[str, str], out: Path) -> tuple[float, dict]:
+    """Wall seconds of ``python -m eval.run ARGUMENTS --out OUT`` as a subprocess (imports and
+    model loading counted), and its ``results.json``; ``eval.bench prerank`` times runs with it too."""
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "eval.run", *arguments, "--out", str(out), "--quiet"],
@@ -77,7 +79,7 @@ def fullkb(args: argparse.Namespace) -> int:
         print(f"{'run':<5} {'seconds':>8} {'items.jsonl MB':>15} {'load avg':>9}  acc@1   MRR    MR")
         timings = {}
         for name, target in (("cold", COLD_TARGET), ("warm", WARM_TARGET)):
-            seconds, results = _eval_run(common, env, root / name)
+            seconds, results = timed_run(common, env, root / name)
             size = (root / name / "items.jsonl").stat().st_size / 1e6
             metrics = {k: v["mean"] for k, v in results["metrics"].items()}
             timings[name] = (seconds, size, results)
