@@ -100,6 +100,27 @@ class CandidateStore:
             for meta, distance in zip(result["metadatas"][0], result["distances"][0], strict=True)
         }
 
+    def nearest_evidence(
+        self, query: str, mode: str, qids: Sequence[str] | None = None, k: int = 3
+    ) -> list[tuple[str, float, list[dict[str, Any]]]]:
+        """The ``k`` stored evidence documents nearest to ``query`` (among ``qids`` when given):
+        (QID, cosine similarity, its evidence records), nearest first."""
+        if not query.strip() or (qids is not None and not qids):
+            return []
+        where: dict[str, Any] = {"mode": mode}
+        if qids is not None:
+            where = {"$and": [{"qid": {"$in": list(qids)}}, {"mode": mode}]}
+        count = self.evidence.count()
+        if count == 0:
+            return []
+        result = self.evidence.query(
+            query_texts=[query], n_results=min(k, count), where=where, include=["metadatas", "distances"]
+        )
+        return [
+            (meta["qid"], round(1.0 - float(distance), 5), json.loads(meta["records"]))
+            for meta, distance in zip(result["metadatas"][0], result["distances"][0], strict=True)
+        ]
+
     @staticmethod
     def description_id(qid: str, digest: str, model: str, prompt_version: str) -> str:
         key = hashlib.sha256(f"{qid}\0{digest}\0{model}\0{prompt_version}".encode()).hexdigest()[:24]

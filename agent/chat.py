@@ -103,6 +103,8 @@ class ChatSession:
             return numbered(trace_facts.node_facts(v, intent.node or ""))
         if intent.kind == "fusion":
             return numbered(trace_facts.decision_facts(v)[3:] + trace_facts.judge_facts(v))
+        if intent.kind == "lookups":
+            return numbered(trace_facts.consult_facts(v))
         if intent.kind == "compare":
             a, b = self._pair(intent.candidates)
             return numbered(trace_facts.comparison_facts(v, a, b))

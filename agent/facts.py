@@ -8,6 +8,7 @@ The chat prints the facts it used under every answer, and the LLM sees only thes
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ NODE_INPUTS: dict[str, tuple[str, ...]] = {
     "store": ("evidence", "looked_up", "descriptors", "mention", "sentence"),
     "enrich": ("evidence", "context_evidence", "candidates"),
     "prerank": ("image", "candidates", "descriptions", "mention", "sentence"),
-    "judge": ("prerank", "descriptions", "descriptors", "sentence", "mention"),
+    "consult": ("prerank", "descriptions", "descriptors", "sentence", "mention"),
+    "judge": ("prerank", "descriptions", "descriptors", "sentence", "mention", "consult"),
     "answer": ("prerank", "judge", "gold"),
 }
 """The state keys each node reads (``agent.nodes``): what went into it."""
@@ -182,6 +184,55 @@ def judge_facts(values: dict[str, Any]) -> list[Fact]:
     return facts + distribution_facts(values)
 
 
+def consult_facts(values: dict[str, Any]) -> list[Fact]:
+    """What the consult step looked up and why: the uncertainty that started it, each call with its
+    arguments and first result line, why it stopped, and what the decision would have been without it."""
+    record = values.get("consult")
+    if not record:
+        prerank = values.get("prerank") or {}
+        return [
+            Fact(
+                "consult",
+                f"nothing was looked up: the consult step did not run (pre-ranker margin {prerank.get('margin')})",
+            )
+        ]
+    order = (values.get("prerank") or {}).get("order", [])
+    facts = [
+        Fact(
+            "consult",
+            f"looked things up because the pre-ranker was uncertain: its margin {record['margin']} was below "
+            f"the consult threshold {record.get('threshold')}, between "
+            f"{named(values, order[0] if order else None)} and {named(values, order[1] if len(order) > 1 else None)}, "
+            f"entropy {record['entropy']} over the top {record['shortlist_size']}",
+        )
+    ]
+    for i, call in enumerate(record["calls"], 1):
+        first = call["result"].splitlines()[0] if call["result"] else ""
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        facts.append(
+            Fact(
+                "consult", f"call {i}: {call['name']}({arguments}) [{call['status']}] -> {_clip(first, 160)}"
+            )
+        )
+    facts.append(
+        Fact(
+            "consult",
+            f"stopped: {record['stopped']} ({len(record['calls'])} of at most {record['max_calls']} calls)",
+        )
+    )
+    without = ((values.get("judge") or {}).get("without_consult") or {}).get("decision")
+    if without:
+        same = without == values.get("decision")
+        facts.append(
+            Fact(
+                "judge",
+                f"without the look-ups the decision would have been {named(values, without)}"
+                + (" too" if same else f", not {named(values, values.get('decision'))}"),
+            )
+        )
+    return facts
+
+
 def _distribution(values: dict[str, Any], probabilities: dict[str, float]) -> str:
     ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
     return ", ".join(f"{labels(values).get(q, q)} {p:.3f}" for q, p in ranked)
@@ -291,6 +342,8 @@ def _brief(values: dict[str, Any], key: str) -> str:
         return "; ".join(f"{labels(values).get(q, q)}: {t}" for q, t in (value or {}).items())
     if key == "prerank":
         return "order " + ", ".join(named(values, q) for q in (value or {}).get("order", []))
+    if key == "consult":
+        return f"{len((value or {}).get('calls', []))} look-ups" if value else "(did not run)"
     if key == "judge":
         return f"answer {(value or {}).get('raw')!r} -> {(value or {}).get('decision')}"
     if key == "gold":

@@ -1,7 +1,11 @@
 """The LLM-RetLink graph and its SQLite checkpointer.
 
     describe → retrieve → store → enrich → prerank ─┬─> judge → answer
+                                                    ├─> consult ⇄ tools ─> judge   (uncertain)
                                                     └─> answer   (pre-ranker decisive)
+
+``consult`` and ``tools`` (LangGraph's ``ToolNode`` over ``agent.lookups``) run only with
+``AgentSettings.consult_margin`` set and a pre-ranker margin below it (``agent.consult``).
 
 One thread per linking decision, named ``<run id>|<mention id>|<condition>`` (condition is
 ``clean`` or an attack preset folder such as ``PGD-strong``), so ``agent.trace`` can find,
@@ -19,8 +23,11 @@ from pathlib import Path
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.prebuilt import ToolNode
 
 from agent import nodes
+from agent.consult import route_after_consult
+from agent.lookups import LOOKUP_TOOLS
 from agent.nodes import AgentContext
 from agent.state import LinkState
 
@@ -34,6 +41,8 @@ def build_graph() -> StateGraph:
     builder.add_node("store", nodes.store)
     builder.add_node("enrich", nodes.enrich)
     builder.add_node("prerank", nodes.prerank)
+    builder.add_node("consult", nodes.consult)
+    builder.add_node("tools", ToolNode(LOOKUP_TOOLS, handle_tool_errors=True))
     builder.add_node("judge", nodes.judge)
     builder.add_node("answer", nodes.answer)
     builder.add_edge(START, "describe")
@@ -41,7 +50,9 @@ def build_graph() -> StateGraph:
     builder.add_edge("retrieve", "store")
     builder.add_edge("store", "enrich")
     builder.add_edge("enrich", "prerank")
-    builder.add_conditional_edges("prerank", nodes.route_after_prerank, ["judge", "answer"])
+    builder.add_conditional_edges("prerank", nodes.route_after_prerank, ["consult", "judge", "answer"])
+    builder.add_conditional_edges("consult", route_after_consult, ["tools", "judge"])
+    builder.add_edge("tools", "consult")
     builder.add_edge("judge", "answer")
     builder.add_edge("answer", END)
     return builder

@@ -2,7 +2,8 @@
 
 The embedded 1.5B model is unreliable at choosing tools, so ``agent.chat`` reads every line
 with this deterministic parser first. Commands (``help``, ``summary``, ``node NAME``,
-``explain`` (the judge's, pre-ranker's and fused distributions), ``compare A B``, ``evidence X``) and what-ifs (new descriptors, dropping a candidate, the clean
+``explain`` (the judge's, pre-ranker's and fused distributions), ``what did you look up``
+(the consult step's calls), ``compare A B``, ``evidence X``) and what-ifs (new descriptors, dropping a candidate, the clean
 image or another image file) are recognised by patterns and answered without a model; only
 ``why`` questions and other free text go to the LLM, with the matching trace facts in its
 prompt. Candidates are named by QID, label or ``#N`` (pre-ranker rank).
@@ -24,6 +25,7 @@ Ask about this decision (candidates by QID, label or #rank):
   compare A B                          two candidates side by side (trace facts only)
   explain | distributions              the judge's, pre-ranker's and fused distributions, and what won
   evidence X                           what was retrieved for a candidate
+  what did you look up (and why)?      the consult step's tool calls, why it ran and what they changed
   why A and not B?                     the LLM explains from the trace facts (which it quotes)
   what if the descriptors were 'w1, w2'?   re-run from describe's checkpoint with new descriptors
   drop candidate X                     re-run the pre-ranker and judge without a candidate
@@ -35,7 +37,7 @@ Ask about this decision (candidates by QID, label or #rank):
 class Intent:
     """One parsed line: ``kind`` and what it needs (a node, candidates, descriptor words, a path)."""
 
-    kind: str  # help quit summary node fusion compare evidence why ask descriptors drop clean_image image
+    kind: str  # help quit summary node fusion lookups compare evidence why ask descriptors drop clean_image image
     text: str
     node: str | None = None
     candidates: list[str] = field(default_factory=list)
@@ -73,6 +75,13 @@ COMMANDS: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             r"^\s*(?:explain(?:\s+(?:the|this|it))?(?:\s+decision)?|distributions?|fusion|fused|probabilit(?:y|ies)"
             r"|confidence|how (?:was|were) (?:it|they) (?:fused|combined))\s*\??\s*$",
+            re.I,
+        ),
+    ),
+    (
+        "lookups",
+        re.compile(
+            r"\b(?:what did (?:you|it|the agent) (?:look up|search|consult|call)|look-?ups?|tool calls?|consult(?:ed)?)\b",
             re.I,
         ),
     ),

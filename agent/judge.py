@@ -122,10 +122,52 @@ def image_part(image: Any) -> dict[str, Any] | None:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _answered(
+    model: Any,
+    messages: list[dict[str, Any]],
+    pre: list[float],
+    shortlist: list[str],
+    labels: list[str],
+    settings: Any,
+) -> dict[str, Any]:
+    """The judge's answer to ``messages`` as record fields: raw answer, method, distributions and
+    decision (fused with ``pre`` when the model gave a distribution, else its parsed index)."""
+    from tools.llm.answers import parse_choice
+
+    reply = ask(model, messages, len(shortlist), settings.judge_structured_choice)
+    fields: dict[str, Any] = {
+        "raw": reply.text,
+        "method": reply.method,
+        "seconds": round(reply.seconds, 3),
+        "attempts": reply.attempts,
+        "valid_mass": reply.valid_mass,
+        "free_top": reply.free_top,
+        "fallback": None,
+    }
+    if reply.probabilities is not None:
+        fused = fuse(pre, reply.probabilities, settings.judge_weight)
+        choice = argmax(reply.probabilities)
+        fields["distributions"] = {
+            "prerank": _rounded(shortlist, pre),
+            "judge": _rounded(shortlist, reply.probabilities),
+            "fused": _rounded(shortlist, fused),
+        }
+        return {
+            **fields,
+            "choice": choice,
+            "judge_decision": shortlist[choice],
+            "decision": shortlist[argmax(fused)],
+        }
+    choice = parse_choice(reply.text, labels)
+    if choice is None:
+        raise ValueError(f"no distribution and no candidate index in the answer {reply.text[:80]!r}")
+    return {**fields, "choice": choice, "judge_decision": shortlist[choice], "decision": shortlist[choice]}
+
+
 def judge_node(state: LinkState, res: Resources) -> dict[str, Any]:
     """The judge node's work (``agent.nodes.judge`` calls it with the run's resources)."""
+    from agent.consult import found_texts
     from agent.nodes import _labels, _short, _step
-    from tools.llm.answers import parse_choice
 
     started = time.perf_counter()
     settings = res.settings
@@ -134,15 +176,21 @@ def judge_node(state: LinkState, res: Resources) -> dict[str, Any]:
     words = settings.judge_description_words
     options = [(labels[q], _clip_words(state["descriptions"].get(q, ""), words)) for q in shortlist]
     pixels = image_part(state.get("image")) if res.vlm is not None else None
-    messages = judge_messages(
-        settings.task,
-        options,
-        state["descriptors"]["words"],
-        state["sentence"],
-        state["mention"],
-        pixels,
-        spotlight=settings.spotlight,
-    )
+    found = found_texts(state.get("consult"))
+
+    def messages_with(looked_up: list[str]) -> list[dict[str, Any]]:
+        return judge_messages(
+            settings.task,
+            options,
+            state["descriptors"]["words"],
+            state["sentence"],
+            state["mention"],
+            pixels,
+            spotlight=settings.spotlight,
+            found=looked_up,
+        )
+
+    messages = messages_with(found)
     model = res.vlm or res.llm
     qids = [c["qid"] for c in state["candidates"]]
     pre = shortlist_distribution(state["prerank"], qids, shortlist)
@@ -155,38 +203,22 @@ def judge_node(state: LinkState, res: Resources) -> dict[str, Any]:
     }
     fallbacks: list[str] = []
     try:
-        reply = ask(model, messages, len(shortlist), settings.judge_structured_choice)
-        record.update(
-            raw=reply.text,
-            method=reply.method,
-            seconds=round(reply.seconds, 3),
-            attempts=reply.attempts,
-            valid_mass=reply.valid_mass,
-            free_top=reply.free_top,
-        )
-        if reply.probabilities is not None:
-            fused = fuse(pre, reply.probabilities, settings.judge_weight)
-            record["distributions"].update(
-                judge=_rounded(shortlist, reply.probabilities), fused=_rounded(shortlist, fused)
-            )
-            choice = argmax(reply.probabilities)
-            record.update(
-                choice=choice,
-                judge_decision=shortlist[choice],
-                decision=shortlist[argmax(fused)],
-                fallback=None,
-            )
-        else:
-            choice = parse_choice(reply.text, [label for label, _ in options])
-            if choice is None:
-                raise ValueError(f"no distribution and no candidate index in the answer {reply.text[:80]!r}")
-            record.update(
-                choice=choice, judge_decision=shortlist[choice], decision=shortlist[choice], fallback=None
-            )
+        record.update(_answered(model, messages, pre, shortlist, [label for label, _ in options], settings))
+        if record["method"] == "free-text":
             fallbacks.append(f"judge: no distribution from {model.name}; free-text answer parsed")
     except Exception as exc:  # noqa: BLE001 - the pre-ranker decides then
         record.update(choice=None, judge_decision=None, decision=shortlist[0], fallback=_short(exc))
         fallbacks.append(f"judge: {_short(exc)}; pre-ranker's top candidate used")
+    if found:  # what the agent would have decided without the consult step
+        try:
+            alone = _answered(
+                model, messages_with([]), pre, shortlist, [label for label, _ in options], settings
+            )
+            record["without_consult"] = {
+                k: alone.get(k) for k in ("decision", "judge_decision", "distributions", "raw")
+            }
+        except Exception as exc:  # noqa: BLE001 - the pre-ranker's top, as the judge would fall back
+            record["without_consult"] = {"decision": shortlist[0], "fallback": _short(exc)}
     return {
         "judge": record,
         "fallbacks": fallbacks,

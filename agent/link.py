@@ -144,11 +144,39 @@ def decision_record(final: dict[str, Any], thread: str, seconds: float) -> dict[
         "prerank_scores": final["prerank"]["scores"],  # Model*: the pre-ranker on enriched descriptions
         "decided_by": final["decided_by"],
         "judge": judge_status(final),
-        "node_seconds": {step["node"]: step["seconds"] for step in final.get("steps", [])},
+        "node_seconds": node_seconds(final.get("steps", [])),
+        "consult": consult_summary(final),
         "fallbacks": final.get("fallbacks", []),
         "thread": thread,
         "seconds": round(seconds, 2),
         "error": None,
+    }
+
+
+def node_seconds(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per node, summed over its steps (the consult step runs once per round)."""
+    totals: dict[str, float] = {}
+    for step in steps:
+        totals[step["node"]] = round(totals.get(step["node"], 0.0) + step["seconds"], 4)
+    return totals
+
+
+def consult_summary(final: dict[str, Any]) -> dict[str, Any] | None:
+    """The consult step of a decision for its item line (None: it did not run): the calls made,
+    why it stopped, the uncertainty that started it, and the decision without its evidence."""
+    record = final.get("consult")
+    if not record:
+        return None
+    without = ((final.get("judge") or {}).get("without_consult") or {}).get("decision")
+    return {
+        "calls": len(record["calls"]),
+        "tools": [call["name"] for call in record["calls"]],
+        "failed_calls": sum(1 for call in record["calls"] if call["status"] != "success"),
+        "stopped": record["stopped"],
+        "margin": record["margin"],
+        "entropy": record["entropy"],
+        "seconds": round(record["seconds"], 3),
+        "decision_without": without or final["decision"],
     }
 
 

@@ -58,8 +58,9 @@ class AgentContext:
     )
 
 
-def _resources(runtime: Runtime[AgentContext]) -> Resources:
-    """The run's resources: the context's own, else the environment's (``langgraph dev``)."""
+def run_resources(runtime: Any) -> Resources:
+    """The run's resources: the context's own, else the environment's (``langgraph dev``).
+    ``runtime`` is a node's ``Runtime`` or a tool's ``ToolRuntime``: both carry the context."""
     context = runtime.context
     if context is not None and context.resources is not None:
         return context.resources
@@ -89,7 +90,7 @@ def describe(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]
     empty = {"words": [], "scores": [], "ocr": [], "source": "none"}
     if state.get("image") is None:
         return {"descriptors": empty, "steps": [_step("describe", started, words=[], note="no image")]}
-    describer = _resources(runtime).describer
+    describer = run_resources(runtime).describer
     try:
         descriptors = describer.describe(load_pixels(state["image"])).to_json()
     except Exception as exc:  # noqa: BLE001 - a decision goes on without descriptors
@@ -128,7 +129,7 @@ def _wikipedia_title(entity: Any, label: str) -> str:
     return getattr(entity, "enwiki_title", None) or label
 
 
-def _with_fallback(res: Resources, call: Any, fallbacks: list[str], what: str) -> Any:
+def with_wiki_fallback(res: Resources, call: Any, fallbacks: list[str], what: str) -> Any:
     """Run ``call(wiki)`` on the configured client; on failure once more on the offline replica."""
     try:
         return call(res.wiki)
@@ -148,7 +149,7 @@ def retrieve(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]
     """Stage 2a: Wikipedia/Wikidata evidence per candidate (stored evidence is reused) and
     context evidence queried with the mention, the caption and the descriptors."""
     started = time.perf_counter()
-    res = _resources(runtime)
+    res = run_resources(runtime)
     mode = res.settings.wiki.mode
     labels = _labels(state)
     qids = list(labels)
@@ -158,7 +159,7 @@ def retrieve(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]
     looked_up: list[str] = []
     missing = [q for q in qids if q not in evidence]
     if missing:
-        fetched = _with_fallback(
+        fetched = with_wiki_fallback(
             res, lambda wiki: _candidate_evidence(wiki, missing, labels), fallbacks, "candidates"
         )
         evidence.update(fetched or {q: [] for q in missing})
@@ -167,7 +168,7 @@ def retrieve(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]
     query = " ".join([state["mention"], *words]).strip()
     context: list[dict] = []
     if query:
-        hits = _with_fallback(
+        hits = with_wiki_fallback(
             res,
             lambda wiki: wiki.wikipedia_search(query, 3) + wiki.wikidata_search(state["mention"] or query, 5),
             fallbacks,
@@ -206,7 +207,7 @@ def store(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Write the new evidence to Chroma and rank the candidates' evidence against the image
     descriptors (plus the caption in IT2T): the store's view of which candidate fits."""
     started = time.perf_counter()
-    res = _resources(runtime)
+    res = run_resources(runtime)
     mode = res.settings.wiki.mode
     labels = _labels(state)
     new = {q: state["evidence"][q] for q in state.get("looked_up", []) if state["evidence"][q]}
@@ -244,7 +245,7 @@ def enrich(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     spotlighting on, the evidence is fenced and datamarked, and a description that carries
     instructions (stored or new) is replaced by the evidence's first clean sentence."""
     started = time.perf_counter()
-    res = _resources(runtime)
+    res = run_resources(runtime)
     limit = res.settings.evidence_chars
     spotlight = res.settings.spotlight
     version = ENRICH_PROMPT_VERSIONS[spotlight]
@@ -329,7 +330,7 @@ def candidate_text(label: str, description: str) -> str:
 def prerank(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """The scorer ranks the candidates' enriched descriptions against the image (+ caption)."""
     started = time.perf_counter()
-    res = _resources(runtime)
+    res = run_resources(runtime)
     candidates: list[Candidate] = state["candidates"]
     texts = [candidate_text(c["label"], state["descriptions"].get(c["qid"], "")) for c in candidates]
     fallbacks: list[str] = []
@@ -354,6 +355,8 @@ def prerank(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     margin = round(top - second, 5)
     threshold = res.settings.skip_judge_margin
     decisive = threshold is not None and margin >= threshold
+    consult_below = res.settings.consult_margin
+    uncertain = not decisive and consult_below is not None and margin < consult_below
     result = {
         "qids": [c["qid"] for c in candidates],
         "scores": scores,
@@ -362,6 +365,7 @@ def prerank(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         "texts": texts,
         "margin": margin,
         "decisive": decisive,
+        "consult": uncertain,
         "source": source,
     }
     return {
@@ -374,8 +378,21 @@ def prerank(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
 
 
 def route_after_prerank(state: LinkState) -> str:
-    """Skip the judge when the pre-ranker is decisive (only when a threshold is configured)."""
-    return "answer" if state["prerank"]["decisive"] else "judge"
+    """Skip the judge when the pre-ranker is decisive (only when a threshold is configured);
+    consult first when it is uncertain (only when ``consult_margin`` is set)."""
+    if state["prerank"]["decisive"]:
+        return "answer"
+    return "consult" if state["prerank"].get("consult") else "judge"
+
+
+# ------------------------------------------------------------------------------ consult
+
+
+def consult(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """One round of look-ups the judge's model chooses (``agent.consult``)."""
+    from agent.consult import consult_node
+
+    return consult_node(state, run_resources(runtime))
 
 
 # ------------------------------------------------------------------------------ judge
@@ -387,7 +404,7 @@ def judge(state: LinkState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     unusable answer falls back to the pre-ranker."""
     from agent.judge import judge_node
 
-    return judge_node(state, _resources(runtime))
+    return judge_node(state, run_resources(runtime))
 
 
 # ------------------------------------------------------------------------------ answer

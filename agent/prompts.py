@@ -72,24 +72,29 @@ def judge_messages(
     mention: str,
     image_part: dict[str, Any] | None = None,
     spotlight: bool = True,
+    found: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The judge's chat: the image (pixels for a VLM, else descriptors), numbered candidates from 1
     (a description, when there is one, fenced and datamarked with ``spotlight``), the caption
-    for IT2T, then the paper's question. A candidate without a description is its label alone
-    (the MLLM baseline, ``agent.mllm``)."""
+    for IT2T, what the consult step looked up (``found``, fenced and datamarked likewise), then
+    the paper's question. A candidate without a description is its label alone (the MLLM
+    baseline, ``agent.mllm``)."""
     listed = "\n".join(
         f"{i}. {label}: {fence(description) if spotlight else description}"
         if description
         else f"{i}. {label}"
         for i, (label, description) in enumerate(candidates, 1)
     )
-    marked = spotlight and any(description for _, description in candidates)
+    marked = spotlight and (any(description for _, description in candidates) or bool(found))
     words = ", ".join(descriptors) or "(nothing recognised)"
     image_line = "Image: see the attached image." if image_part else f"Image (seen as words): {words}"
     parts = [image_line]
     if task == "it2t":
         parts.append(f'Description: "{sentence}" (the entity mentioned is "{mention}")')
-    parts += [f"Candidates:\n{listed}", JUDGE_QUESTION[task]]
+    parts.append(f"Candidates:\n{listed}")
+    if found:
+        parts.append("Looked up:\n" + "\n".join(f"- {fence(t) if spotlight else t}" for t in found))
+    parts.append(JUDGE_QUESTION[task])
     text = "\n\n".join(parts)
     content: Any = [image_part, {"type": "text", "text": text}] if image_part else text
     system = f"{JUDGE_SYSTEM} {SPOTLIGHT_SYSTEM}" if marked else JUDGE_SYSTEM

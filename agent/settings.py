@@ -22,6 +22,11 @@ JUDGE_TEMPERATURE_SEED = 0.75
 """The temperature of paper 000's MLLMs ("Implementation Details"); evaluation defaults to 0."""
 
 
+CONSULT_MARGIN = 0.5
+"""``--consult``'s margin: consult when the pre-ranker's top-1 probability beats the runner-up's by
+less than this. PLACEHOLDER until chosen on WikiMEL dev."""
+
+
 class AgentSettings(MelSettings):
     """What the agent uses and how it routes.
 
@@ -36,9 +41,12 @@ class AgentSettings(MelSettings):
     structured-output ``choice`` to an OpenAI-compatible judge (vLLM only; others may refuse it).
     ``spotlight``: fence and datamark retrieved text in the writer's and judge's prompts and
     screen written descriptions for instructions (``agent.spotlight``; off only to measure
-    what the defence does).
+    what the defence does). ``consult_margin``: when set, a decision whose pre-ranker margin is
+    below it may call the look-up tools before the judge (``agent.consult``), at most
+    ``consult_max_calls`` calls within ``consult_seconds``; off (None) by default.
     Read from ``MEL_AGENT_SCORER``, ``MEL_AGENT_TASK``, ``MEL_AGENT_SKIP_JUDGE_MARGIN``,
-    ``MEL_AGENT_JUDGE_WEIGHT``, ``MEL_AGENT_JUDGE_STRUCTURED_CHOICE``, ``MEL_AGENT_SPOTLIGHT`` and
+    ``MEL_AGENT_JUDGE_WEIGHT``, ``MEL_AGENT_JUDGE_STRUCTURED_CHOICE``, ``MEL_AGENT_SPOTLIGHT``, ``MEL_AGENT_CONSULT_MARGIN``,
+    ``MEL_AGENT_CONSULT_MAX_CALLS``, ``MEL_AGENT_CONSULT_SECONDS`` and
     ``MEL_AGENT_DB`` (the checkpoint file); ``llm``, ``vlm`` and ``wiki`` from their own variables.
     """
 
@@ -52,6 +60,9 @@ class AgentSettings(MelSettings):
     judge_weight: float = Field(default=0.5, ge=0.0, le=1.0)
     judge_structured_choice: bool = False
     spotlight: bool = True
+    consult_margin: float | None = None
+    consult_max_calls: int = Field(default=3, ge=1)
+    consult_seconds: float = Field(default=60.0, gt=0)
     descriptors: int = Field(default=5, json_schema_extra=env(None))
     ocr: bool = Field(default=True, json_schema_extra=env(None))
     evidence_chars: int = Field(default=600, json_schema_extra=env(None))
@@ -81,9 +92,15 @@ class AgentSettings(MelSettings):
     def from_flags(cls, flags: dict[str, Any], **overrides: Any) -> AgentSettings:
         """``from_env(**overrides)``, then the command-line flags of ``kb.cli_args.add_llm_arguments``
         (``llm_base_url``, ``llm_model``, ``llm_api_key``, ``temperature``, ``skip_judge_margin``,
-        ``wiki``): an unset (None) flag keeps the environment's value or the default."""
+        ``wiki``, ``consult``, ``consult_margin``, ``consult_calls``): an unset (None) flag keeps the
+        environment's value or the default; ``consult`` alone turns the step on at ``CONSULT_MARGIN``."""
         if flags.get("skip_judge_margin") is not None:
             overrides["skip_judge_margin"] = flags["skip_judge_margin"]
+        if flags.get("consult") or flags.get("consult_margin") is not None:
+            margin = flags.get("consult_margin")
+            overrides["consult_margin"] = CONSULT_MARGIN if margin is None else margin
+        if flags.get("consult_calls") is not None:
+            overrides["consult_max_calls"] = flags["consult_calls"]
         settings = cls.from_env(**overrides)
         llm = {
             field: flags.get(flag)
@@ -104,9 +121,13 @@ class AgentSettings(MelSettings):
     def identity(self) -> dict[str, Any]:
         """What of these settings changes a decision, for a run's ``config.json`` to pin: the
         routing and describer fields (the judge's weight and margin, structured choice and
-        spotlighting among them), the LLM's and VLM's ``identity()`` and the wiki's; not
+        spotlighting among them; the consult step's when it is on), the LLM's and VLM's ``identity()``
+        and the wiki's; not
         timeouts, retries, API keys or where files are kept."""
         record = self.model_dump(exclude={"llm", "vlm", "wiki", "checkpoint_db"})
+        if self.consult_margin is None:  # off: folders written before the consult step still resume
+            for key in ("consult_margin", "consult_max_calls", "consult_seconds"):
+                record.pop(key)
         record["llm"] = self.llm.identity()
         record["vlm"] = self.vlm.identity() if self.vlm else None
         record["wiki"] = self.wiki.identity()

@@ -1,6 +1,7 @@
 """The typed state one linking decision carries through the graph.
 
-Everything in it is plain JSON (the SQLite checkpointer stores it, ``agent.trace`` reads it):
+Everything in it is plain JSON (the SQLite checkpointer stores it, ``agent.trace`` reads it),
+except ``messages``: the consult step's LangChain messages, which LangGraph's serializer stores:
 pixels stay on disk and are named by ``ImageRef``; models live in ``agent.resources``.
 Each node writes its own keys and appends one entry to ``steps`` (node, seconds, what it
 decided), so a trace reads in order and a diff can find the first node whose output changed.
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import operator
 from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
 
 
 class ImageRef(TypedDict):
@@ -44,6 +48,10 @@ class LinkState(TypedDict, total=False):
     description_origin: dict[str, str]  # QID -> "llm" | "store" | "fallback:<why>"
     enrich_prompts: dict[str, str]  # QID -> the writer's prompt, for descriptions written in this decision
     prerank: dict[str, Any]  # Model*: qids, scores, probabilities (candidate order), order, margin, decisive
+    consult: dict[
+        str, Any
+    ]  # the consult step: margin, entropy, calls (name, arguments, result, seconds), stopped
+    messages: Annotated[list[AnyMessage], add_messages]  # the consult step's tool calls and results
     judge: dict[str, Any]  # shortlist, distributions {prerank, judge, fused}, weight, method, decision
     decision: str
     decided_by: str  # "judge" | "prerank" (judge skipped or failed)
@@ -53,5 +61,8 @@ class LinkState(TypedDict, total=False):
     steps: Annotated[list[dict[str, Any]], operator.add]
 
 
-NODES = ("describe", "retrieve", "store", "enrich", "prerank", "judge", "answer")
-"""The graph's nodes in execution order (the judge may be skipped)."""
+NODES = ("describe", "retrieve", "store", "enrich", "prerank", "consult", "judge", "answer")
+"""The graph's nodes in execution order (consult runs only when on and uncertain, the judge may be
+skipped); the ``tools`` node that runs the consult step's calls writes ``messages`` only."""
+PLAIN_ROUTE = tuple(node for node in NODES if node != "consult")
+"""The nodes a decision runs, in order, with the consult step off and the judge on."""

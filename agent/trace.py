@@ -121,6 +121,19 @@ def node_lines(node: str, output: dict[str, Any], labels: dict[str, str]) -> lis
         lines = [f"source {p['source']}, margin {p['margin']}, decisive {p['decisive']}"]
         lines += [f"{i}. {labels.get(q, q)} ({q}) score {by_qid.get(q)}" for i, q in enumerate(p["order"], 1)]
         return lines
+    if node == "consult":
+        c = output["consult"]
+        lines = [
+            f"model {c.get('model')}: margin {c['margin']}, entropy {c['entropy']}, "
+            f"{len(c['calls'])} of at most {c['max_calls']} calls, {c['seconds']:.2f}s; stopped: {c['stopped']}"
+        ]
+        for i, call in enumerate(c["calls"], 1):
+            arguments = json.dumps(call["arguments"], ensure_ascii=False)
+            lines.append(f"{i}. {call['name']}({arguments}) [{call['status']}, {call['seconds']:.2f}s]")
+            lines += [f"     {line}" for line in call["result"].splitlines()[:6]]
+        if c.get("answer"):
+            lines.append(f"model's last answer: {c['answer'][:200]!r}")
+        return lines
     if node == "judge":
         j = output["judge"]
         return [
@@ -132,6 +145,11 @@ def node_lines(node: str, output: dict[str, Any], labels: dict[str, str]) -> lis
             f"unconstrained: {j.get('valid_mass')} of the first token's probability on an index, top {j.get('free_top')!r}",
             *distribution_lines(j, labels),
             f"fallback: {j.get('fallback')}",
+            *(
+                [f"without the consult step's look-ups: decision {j['without_consult'].get('decision')}"]
+                if j.get("without_consult")
+                else []
+            ),
         ]
     return [f"decision {output['decision']} by {output['decided_by']}, correct {_cell(output['correct'])}"]
 

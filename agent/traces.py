@@ -8,6 +8,7 @@ the graph. Nothing else is read: a trace is only what the checkpointer stored.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ NODE_KEYS: dict[str, tuple[str, ...]] = {
     "store": ("retrieval",),
     "enrich": ("descriptions", "description_origin", "enrich_prompts"),
     "prerank": ("prerank",),
+    "consult": ("consult",),
     "judge": ("judge",),
     "answer": ("decision", "decided_by", "ranking", "correct"),
 }
@@ -105,7 +107,12 @@ class TraceStore:
 
 def node_outputs(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each node's output and its step record, in graph order (nodes that did not run omitted)."""
-    steps = {step["node"]: step for step in values.get("steps", [])}
+    steps: dict[str, dict[str, Any]] = {}
+    for step in values.get(
+        "steps", []
+    ):  # a node that ran several rounds (consult): its last step, total seconds
+        seconds = steps[step["node"]]["seconds"] if step["node"] in steps else 0.0
+        steps[step["node"]] = {**step, "seconds": round(seconds + step["seconds"], 4)}
     return {
         node: {"step": steps[node], **{k: values.get(k) for k in NODE_KEYS[node]}}
         for node in NODES
@@ -136,6 +143,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
     desc_a, desc_b = a.get("descriptions", {}), b.get("descriptions", {})
     order_a, order_b = a.get("prerank", {}).get("order", []), b.get("prerank", {}).get("order", [])
     judge_a, judge_b = a.get("judge") or {}, b.get("judge") or {}
+    calls_a, calls_b = tool_calls(a), tool_calls(b)
     return {
         "describe": {
             "changed": set(words_a) != set(words_b),
@@ -163,6 +171,18 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "gold_rank_a": _gold_rank(order_a, gold),
             "gold_rank_b": _gold_rank(order_b, gold),
         },
+        "consult": {
+            "changed": calls_a != calls_b,
+            "ran_a": bool(a.get("consult")),
+            "ran_b": bool(b.get("consult")),
+            "calls_a": calls_a,
+            "calls_b": calls_b,
+            "results_differ": [
+                i
+                for i, (x, y) in enumerate(zip(calls_a, calls_b, strict=False))
+                if x == y and _results(a)[i] != _results(b)[i]
+            ],
+        },
         "judge": {
             "changed": (judge_a.get("raw"), judge_a.get("decision"))
             != (judge_b.get("raw"), judge_b.get("decision")),
@@ -181,6 +201,18 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "correct_b": b.get("correct"),
         },
     }
+
+
+def tool_calls(values: dict[str, Any]) -> list[str]:
+    """The consult step's calls of a decision as ``name(arguments)`` lines, in order."""
+    return [
+        f"{c['name']}({json.dumps(c['arguments'], ensure_ascii=False, sort_keys=True)})"
+        for c in (values.get("consult") or {}).get("calls", [])
+    ]
+
+
+def _results(values: dict[str, Any]) -> list[str]:
+    return [c["result"] for c in (values.get("consult") or {}).get("calls", [])]
 
 
 def first_divergence(a: dict[str, Any], b: dict[str, Any]) -> str | None:

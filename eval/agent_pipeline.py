@@ -152,9 +152,13 @@ def add_agent_fields(results: RunResults, evaluator: Evaluator) -> None:
     clean = {r["id"]: r for r in evaluator.records(CLEAN, seeds[0])}
     results.node_seconds = node_timings(r for r in clean.values() if not r["error"])
     results.fallbacks = fallback_counts(r for s in seeds for r in evaluator.records(CLEAN, s))
+    if evaluator.consulting:
+        results.consult = consult_counts(r for s in seeds for r in evaluator.records(CLEAN, s))
     attacks = results.attacks or {}
     for preset, block in attacks.items():
         block.fallbacks = fallback_counts(r for s in seeds for r in evaluator.records(preset, s))
+        if evaluator.consulting:
+            block.consult = consult_counts(r for s in seeds for r in evaluator.records(preset, s))
     checkpoint_db = evaluator.agent.settings.checkpoint_db
     if not attacks or not checkpoint_db.is_file():
         return  # no attack, or no decision was ever made (every item skipped)
@@ -191,6 +195,50 @@ def fallback_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
             kind = FALLBACK_KINDS.get(note.split(" ", 1)[0].rstrip(":"), "other")
             counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def consult_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """How the consult step ran over a condition's decisions: how often, how many calls of which
+    tools, why it stopped, its seconds, and how many decisions it changed (``helped``: wrong
+    without it, right with it; ``hurt``: the reverse). Accuracy with and without it, with
+    intervals, is in ``stages`` (``agent`` vs ``no-consult``)."""
+    decisions, consulted, calls, failed, changed, helped, hurt = 0, 0, 0, 0, 0, 0, 0
+    tools: dict[str, int] = {}
+    stopped: dict[str, int] = {}
+    seconds: list[float] = []
+    for record in records:
+        if record.get("error"):
+            continue
+        decisions += 1
+        step = record.get("consult")
+        if not step:
+            continue
+        consulted += 1
+        calls += step["calls"]
+        failed += step["failed_calls"]
+        seconds.append(step["seconds"])
+        for name in step["tools"]:
+            tools[name] = tools.get(name, 0) + 1
+        reason = step["stopped"].split(":", 1)[0] if step["stopped"] else "unfinished"
+        stopped[reason] = stopped.get(reason, 0) + 1
+        if step["decision_without"] != record["prediction"]:
+            changed += 1
+            helped += record["prediction"] == record["gold"]
+            hurt += step["decision_without"] == record["gold"]
+    return {
+        "decisions": decisions,
+        "consulted": consulted,
+        "share": round(consulted / decisions, 4) if decisions else None,
+        "calls": calls,
+        "calls_per_consult": round(calls / consulted, 3) if consulted else None,
+        "failed_calls": failed,
+        "tools": tools,
+        "stopped": stopped,
+        "seconds_p50": round(float(np.median(seconds)), 3) if seconds else None,
+        "changed": changed,
+        "helped": helped,
+        "hurt": hurt,
+    }
 
 
 def divergence_shares(

@@ -21,7 +21,7 @@ from eval.config import RunConfig
 from eval.full_kb import FullKBPipeline, uses_full_kb
 from eval.metrics import FULL_KB_KS, KS, bootstrap_ci, drift, mean_std, metrics_from_ranks, paired_bootstrap
 from eval.pipelines import Pipeline, PrerankPipeline
-from eval.stages import DIFFERENCES, STAGES, StagedPipeline
+from eval.stages import CONSULT_DIFFERENCES, DIFFERENCES, NO_CONSULT, STAGES, StagedPipeline
 from kb.dataset import Dataset
 from kb.records import Mention
 from kb.runcore.item_log import CLEAN, ItemLog, condition_seed_id
@@ -156,10 +156,20 @@ class Evaluator:
             len(ids), len(by_seed)
         )
 
+    @property
+    def consulting(self) -> bool:
+        """Whether this agent run has its consult step on (``--consult``)."""
+        return self.agent is not None and self.agent.settings.consult_margin is not None
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages ``results.json`` reports: ``no-consult`` too when the consult step is on."""
+        return (*STAGES, NO_CONSULT) if self.consulting else STAGES
+
     def stage_summary(self, condition: str) -> dict[str, Any]:
         """``stages`` {model, model*, agent}: each stage's metrics and intervals on the items all
         three scored, and ``stage_differences``: paired bootstrap of after − before."""
-        matrices = {stage: self.rank_matrix(condition, stage) for stage in STAGES}
+        matrices = {stage: self.rank_matrix(condition, stage) for stage in self.stages}
         shared = set.intersection(*(set(ids) for ids, _ in matrices.values()))
         aligned = {}
         for stage, (ids, ranks) in matrices.items():
@@ -171,7 +181,7 @@ class Evaluator:
             stages[stage] = {"n": len(ranks), "metrics": mean_std(per_seed), "ci95": bootstrap_ci(ranks)}
         differences = {
             f"{after}-{before}": paired_bootstrap(aligned[before], aligned[after])
-            for before, after in DIFFERENCES
+            for before, after in (CONSULT_DIFFERENCES if self.consulting else DIFFERENCES)
         }
         return {"stages": stages, "stage_differences": differences}
 
@@ -191,7 +201,7 @@ class Evaluator:
         intervals: dict[str, Any] = {"acc_drop": drop_interval(self._paired(condition, None))}
         if self.agent is not None:
             intervals["stages"] = {}
-            for stage in STAGES:
+            for stage in self.stages:
                 paired = self._paired(condition, stage)
                 drop = None if paired["acc@1"] is None else round(-paired["acc@1"], 6) + 0.0
                 intervals["stages"][stage] = {

@@ -20,6 +20,10 @@ from kb.runcore.items import PreparedItem
 STAGES = ("model", "model*", "agent")
 DIFFERENCES = (("model", "model*"), ("model*", "agent"), ("model", "agent"))
 """(before, after) pairs whose paired difference ``results.json`` reports as ``after-before``."""
+NO_CONSULT = "no-consult"
+"""With the consult step on (``--consult``): the agent's decision without what it looked up (the
+same decision where the step did not run), so ``agent-no-consult`` is the step's paired effect."""
+CONSULT_DIFFERENCES = (*DIFFERENCES, (NO_CONSULT, "agent"))
 
 
 def stage_entry(scores: list[float] | None, qids: list[str], gold_index: int | None) -> dict[str, Any] | None:
@@ -28,6 +32,20 @@ def stage_entry(scores: list[float] | None, qids: list[str], gold_index: int | N
         return None
     rank = gold_rank(scores, gold_index)
     return {"rank": rank, "prediction": qids[ranking(scores)[0]], "correct": rank == 1}
+
+
+def without_consult(record: dict[str, Any], gold_index: int | None) -> dict[str, Any] | None:
+    """The agent stage had its consult step been off: its decision without the look-ups first,
+    then the pre-ranker's order (None when the step did not run)."""
+    consult = record.get("consult")
+    if not consult:
+        return None
+    qids = record["candidates"]
+    decision = consult["decision_without"]
+    order = [decision, *(qids[i] for i in ranking(record["prerank_scores"]) if qids[i] != decision)]
+    gold = qids[gold_index] if gold_index is not None else None
+    rank = order.index(gold) + 1 if gold in order else len(qids) + 1
+    return {"rank": rank, "prediction": decision, "correct": rank == 1}
 
 
 class StagedPipeline:
@@ -54,10 +72,12 @@ class StagedPipeline:
         bare = None
         if model is not None and not model.get("error"):
             bare = {k: model[k] for k in ("rank", "prediction", "correct")}
+        agent = {k: record[k] for k in ("rank", "prediction", "correct")}
         return {
             "model": bare,
             "model*": stage_entry(record.get("prerank_scores"), qids, gold_index),
-            "agent": {k: record[k] for k in ("rank", "prediction", "correct")},
+            "agent": agent,
+            NO_CONSULT: without_consult(record, gold_index) or agent,
         }
 
     def finish(self, condition: str) -> Iterator[dict[str, Any]]:

@@ -206,7 +206,17 @@ def add_quiet_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-LLM_FLAGS = ("llm_base_url", "llm_model", "llm_api_key", "temperature", "skip_judge_margin", "wiki")
+LLM_FLAGS = (
+    "llm_base_url",
+    "llm_model",
+    "llm_api_key",
+    "temperature",
+    "skip_judge_margin",
+    "wiki",
+    "consult",
+    "consult_margin",
+    "consult_calls",
+)
 """The ``argparse`` destinations of ``add_llm_arguments`` (``AgentSettings.from_flags`` reads them)."""
 
 
@@ -223,3 +233,18 @@ def add_llm_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
         "--skip-judge-margin", type=float, default=None, help="skip the judge above this margin"
     )
     parser.add_argument("--wiki", choices=("offline", "online"), default=None, help="wiki backend")
+    parser.add_argument(
+        "--consult",
+        action="store_true",
+        default=None,
+        help="let uncertain decisions call the look-up tools before the judge (agent.consult)",
+    )
+    parser.add_argument(
+        "--consult-margin",
+        type=float,
+        default=None,
+        help="consult below this pre-ranker margin (default: the dev-chosen agent.settings.CONSULT_MARGIN)",
+    )
+    parser.add_argument(
+        "--consult-calls", type=int, default=None, help="at most this many tool calls (default 3)"
+    )

@@ -18,7 +18,7 @@ from support import closed_port
 from agent.link import Linker, build_candidates, initial_state, link_mentions
 from agent.resources import Resources, load_pixels
 from agent.settings import AgentSettings
-from agent.state import NODES
+from agent.state import PLAIN_ROUTE
 from agent.traces import TraceStore, first_divergence, node_outputs
 from kb.dataset import load_dataset
 from tools.llm import LLMSettings
@@ -66,7 +66,7 @@ def test_graph_runs_every_node_and_falls_back_when_the_llm_is_down(tmp_path: Pat
     assert [r["error"] for r in records] == [None, None]
     for record, candidates in zip(records, sets, strict=True):
         final = linker.graph.get_state({"configurable": {"thread_id": record["thread"]}}).values
-        assert [s["node"] for s in final["steps"]] == list(NODES)
+        assert [s["node"] for s in final["steps"]] == list(PLAIN_ROUTE)
         assert final["descriptors"]["words"], "the real describer names something in a real photo"
         assert set(final["evidence"]) == set(candidates.qids)
         assert all(origin.startswith("fallback") for origin in final["description_origin"].values())
@@ -125,7 +125,7 @@ def test_a_decision_cut_off_mid_graph_resumes_from_its_checkpoint(tmp_path: Path
     graph.invoke(state, config, context=AgentContext(linker.resources))
     assert graph.get_state(config).next == ("prerank",)
     final, _, computed = linker.link(state, "clean")
-    assert computed and [s["node"] for s in final["steps"]] == list(NODES)
+    assert computed and [s["node"] for s in final["steps"]] == list(PLAIN_ROUTE)
     linker.close()
 
 
@@ -149,7 +149,7 @@ def test_trace_diff_names_where_an_attacked_decision_diverged(tmp_path: Path, de
     a, b = store.get(clean["thread"]), store.get(attacked["thread"])
     node = first_divergence(a.values, b.values)
     assert node == "describe", "heavy noise changes what EfficientNet sees first"
-    assert list(node_outputs(a.values)) == list(NODES)
+    assert list(node_outputs(a.values)) == list(PLAIN_ROUTE)
     assert {t.thread for t in store.threads("d")} == {clean["thread"], attacked["thread"]}
     store.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import closed_port, private_cache
 
-from agent.state import NODES
+from agent.state import NODES, PLAIN_ROUTE
 from agent.traces import TraceStore
 from eval.run import RunConfig, run
 
@@ -58,14 +58,14 @@ def test_agent_and_prerank_score_the_same_items(runs: dict) -> None:
     for key, record in a.items():
         assert record["candidates"] == p[key]["candidates"]
         assert record["thread"].endswith(f"|{key[0]}") and record["judge"] == "fallback"
-        assert list(record["node_seconds"]) == list(NODES)
+        assert list(record["node_seconds"]) == list(PLAIN_ROUTE)
 
 
 def test_agent_results_report_node_seconds_and_where_flips_diverged(runs: dict) -> None:
     agent = runs["agent"]
-    assert set(agent["node_seconds"]) == set(NODES)
+    assert set(agent["node_seconds"]) == set(PLAIN_ROUTE)
     block = agent["attacks"]["pgd-fast"]
-    assert set(block["node_seconds"]) == set(NODES) and "drift" in block
+    assert set(block["node_seconds"]) == set(PLAIN_ROUTE) and "drift" in block
     divergence = block["divergence"]
     records = lines(Path(agent["items"]))
     clean = {r["id"]: r for r in records if r["condition"] == "clean"}
@@ -163,7 +163,9 @@ def test_trace_list_show_and_diff_print_what_the_checkpoints_hold(runs: dict, ca
     assert shown.startswith(f"thread {thread}\n")
     assert f"gold {record['gold']}  decision {record['prediction']}  correct no" in shown
     positions = [shown.index(f"── {node} (") for node in record["node_seconds"]]
-    assert positions == sorted(positions) and list(record["node_seconds"]) == list(NODES)  # in graph order
+    assert positions == sorted(positions) and list(record["node_seconds"]) == list(
+        PLAIN_ROUTE
+    )  # in graph order
 
     for t in sorted(records):  # every decision against its clean twin, and against itself
         twin = clean[records[t]["id"]]["thread"]

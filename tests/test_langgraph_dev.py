@@ -24,7 +24,7 @@ import pytest
 from support import closed_port, private_cache
 
 from agent.link import build_candidates, clean_image, initial_state
-from agent.state import NODES
+from agent.state import PLAIN_ROUTE
 from kb.dataset import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_langgraph_dev_runs_a_decision_and_a_fork_of_it(server) -> None:
     thread = client.threads.create()["thread_id"]
     final = client.runs.wait(thread, GRAPH, input=state, raise_error=False)
     assert "__error__" not in final, final
-    assert [s["node"] for s in final["steps"]] == list(NODES)
+    assert [s["node"] for s in final["steps"]] == list(PLAIN_ROUTE)
     assert final["decision"] in candidates.qids and final["decided_by"] == "prerank"
     assert any(f.startswith("judge:") for f in final["fallbacks"]), "the LLM's closed port is a fallback"
     original_words = final["descriptors"]["words"]

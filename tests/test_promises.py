@@ -158,7 +158,7 @@ def test_langgraph_json_names_a_graph_that_imports_by_path_and_compiles() -> Non
     graph = getattr(module, attribute)
     assert isinstance(graph, CompiledStateGraph) and graph.checkpointer is None  # the server brings one
     drawn = graph.get_graph()
-    assert set(drawn.nodes) == {"__start__", "__end__", *NODES}
+    assert set(drawn.nodes) == {"__start__", "__end__", "tools", *NODES}
     edges = {(e.source, e.target) for e in drawn.edges}
     chain = ["__start__", "describe", "retrieve", "store", "enrich", "prerank"]
     assert set(zip(chain, chain[1:], strict=False)) <= edges

@@ -36,6 +36,7 @@ from typing import Any
 from tools import registry
 from tools.hub import ModelUnavailable
 from tools.llm.base import ChatReply, ChatStats, ChoiceReply, LLMError, LLMSettings
+from tools.llm.tool_calls import ToolReply, calls_in_text
 from tools.llm_weights import GGUF_NAME
 
 DEFAULT_GGUF = "qwen2.5-coder-1.5b-instruct-gguf"
@@ -172,6 +173,32 @@ class EmbeddedChat:
             free_top=top,
         )
 
+    def call_tools(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, max_tokens: int = 160
+    ) -> ToolReply:
+        """Greedy answer to ``messages`` with ``tools`` (OpenAI function schemas) offered through the
+        GGUF's own chat template (Qwen2.5's lists them in the system turn and asks for Hermes-style
+        calls); the calls are read from the text (``tools.llm.tool_calls.calls_in_text``). The
+        prompt is evaluated from an empty cache, so the answer does not depend on earlier calls.
+        A GGUF whose template llama-cpp-python does not render is an ``LLMError``: no tool calls."""
+        start = time.monotonic()
+        llama, lock, request = self._prepare(messages, 0.0, max_tokens, 0)
+        if not _renders_own_template(llama):
+            raise LLMError(self.name, "this GGUF's chat template is not rendered here: no tool calls")
+        try:
+            with lock, self._errors():
+                prompt = chat_prompt_tokens(llama, request["messages"], tools)
+                llama.reset()
+                result = llama.create_completion(
+                    prompt=prompt, temperature=0.0, max_tokens=max_tokens, stop=["<|im_end|>"], seed=0
+                )
+        except LLMError:
+            self.stats.add(calls=1, attempts=1, failures=1)
+            raise
+        self.stats.add(calls=1, attempts=1)
+        text = result["choices"][0]["text"]
+        return ToolReply(text, tuple(calls_in_text(text)), self.model_id, time.monotonic() - start, 1, "text")
+
     def next_token_logprobs(self, messages: list[dict[str, Any]], top_n: int = 20) -> list[tuple[str, float]]:
         """The ``top_n`` most likely first answer tokens and their log-probabilities (what an
         OpenAI ``top_logprobs`` field reports for the first position), most likely first."""
@@ -235,10 +262,13 @@ def _renders_own_template(llama: Any) -> bool:
     )
 
 
-def chat_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
-    """The tokens ``create_chat_completion`` evaluates for ``messages``: the GGUF's chat template
-    rendered as llama-cpp-python renders it (same formatter, same BOS/EOS texts, same tokenizer
-    flags), ending with the assistant turn's opening."""
+def chat_prompt_tokens(
+    llama: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """The tokens ``create_chat_completion`` evaluates for ``messages`` (and ``tools``, which the
+    template lists for the model): the GGUF's chat template rendered as llama-cpp-python renders
+    it (same formatter, same BOS/EOS texts, same tokenizer flags), ending with the assistant
+    turn's opening."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     eos, bos = llama.token_eos(), llama.token_bos()
@@ -248,7 +278,7 @@ def chat_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
         bos_token=_token_text(llama, bos) if bos != -1 else "",
         stop_token_ids=[eos],
     )
-    rendered = formatter(messages=messages)
+    rendered = formatter(messages=messages, tools=tools)
     tokens = llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
     if len(tokens) >= llama.n_ctx():
         raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {llama.n_ctx()}")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import openai
 
 from tools.llm.base import ChatReply, ChatStats, ChoiceReply, LLMError, LLMSettings
+from tools.llm.tool_calls import ToolCall, ToolReply, calls_in_text, openai_tool_calls
 from tools.retry_after import retry_after_seconds
 
 T = TypeVar("T")
@@ -67,67 +68,98 @@ class OpenAIChat:
         seed: int = 0,
     ) -> ChatReply:
         """One answer within ``budget_s``; ``LLMError`` once retries or budget are spent."""
+        temp = self.settings.temperature if temperature is None else temperature
+        (text, usage, served), attempts, start = self._retrying(
+            partial(self._attempt, messages, temp, max_tokens, seed)
+        )
+        return ChatReply(
+            text=text,
+            model=served or self.model or "",
+            seconds=time.monotonic() - start,
+            attempts=attempts,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+        )
+
+    def _retrying(self, attempt: Callable[[float], T]) -> tuple[T, int, float]:
+        """``attempt(limit)`` (one request, its body read and parsed) retried with backoff within
+        ``budget_s`` as the module doc says: (its result, attempts, start time); ``LLMError``
+        naming the last cause once retries or budget are spent or an answer is final."""
         settings = self.settings
-        temp = settings.temperature if temperature is None else temperature
         start = time.monotonic()
         deadline = start + settings.budget_s
-        attempts, last = 0, None
+        attempts = 0
         while True:
             limit = min(settings.timeout_s, deadline - time.monotonic())
             attempts += 1
             try:
-                text, usage, served = _within(
-                    limit, partial(self._attempt, messages, temp, max_tokens, seed, limit)
-                )
+                result = _within(limit, partial(attempt, limit))
             except Exception as exc:  # classified below; the last one is reported
-                last = exc
                 retry, wait, cause = classify(exc, limit)
                 delay = max(settings.backoff_s * 2 ** (attempts - 1), wait or 0.0)
-                if not retry:
-                    break
-                if attempts > settings.retries:
+                if retry and attempts > settings.retries:
                     cause += f" (retries exhausted: {settings.retries})"
-                    break
-                if time.monotonic() + delay >= deadline:
+                elif retry and time.monotonic() + delay >= deadline:
                     cause += f" (a retry in {delay:.2f} s would pass the {settings.budget_s:g} s budget)"
-                    break
-                self.stats.add(retries=1)
-                time.sleep(delay)
-                continue
+                elif retry:
+                    self.stats.add(retries=1)
+                    time.sleep(delay)
+                    continue
+                self.stats.add(calls=1, attempts=attempts, failures=1)
+                raise LLMError(self.name, cause, attempts) from exc
             self.stats.add(calls=1, attempts=attempts)
-            return ChatReply(
-                text=text,
-                model=served or self.model or "",
-                seconds=time.monotonic() - start,
-                attempts=attempts,
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-            )
-        self.stats.add(calls=1, attempts=attempts, failures=1)
-        raise LLMError(self.name, cause, attempts) from last
+            return result, attempts, start
 
     def _attempt(
         self, messages: list[dict[str, Any]], temperature: float, max_tokens: int, seed: int, limit: float
     ) -> tuple[str, dict[str, Any], str | None]:
         """One request; the body is read here, chunk by chunk, so that it stops at ``limit``."""
-        deadline = time.monotonic() + limit
-        model = self._resolve_model(limit)
         stream = self.settings.stream
-        with self._client.chat.completions.with_streaming_response.create(
-            model=model,
+        body = self._body(
+            limit,
             messages=messages,
             temperature=temperature,
             max_tokens=max_tokens,
             seed=seed,
             stream=stream,
-            timeout=limit,
+        )
+        return parse_sse(body) if stream else parse_completion(body)
+
+    def _body(self, limit: float, **request: Any) -> bytes:
+        """The raw body of one ``/chat/completions`` request, read chunk by chunk until ``limit``."""
+        deadline = time.monotonic() + limit
+        with self._client.chat.completions.with_streaming_response.create(
+            model=self._resolve_model(limit), timeout=limit, **request
         ) as response:
             body = bytearray()
             for piece in response.iter_bytes():
                 if time.monotonic() > deadline:
                     raise BadReply(f"reply still arriving after {limit:.2f} s")
                 body += piece
-        return parse_sse(bytes(body)) if stream else parse_completion(bytes(body))
+        return bytes(body)
+
+    def call_tools(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, max_tokens: int = 160
+    ) -> ToolReply:
+        """A greedy answer with ``tools`` offered (``tool_choice="auto"``), retried and bounded
+        like ``chat``. The server's own ``tool_calls`` are used; a server without a tool parser
+        that leaves Hermes-style calls in the text has them read there (``source="text"``). A
+        server that refuses tools answers 4xx: an ``LLMError``, and the caller skips the step."""
+
+        def attempt(limit: float) -> tuple[str, list[ToolCall], str, str | None]:
+            body = self._body(
+                limit,
+                messages=messages,
+                tools=tools,
+                tool_choice="auto",
+                temperature=0.0,
+                max_tokens=max_tokens,
+            )
+            return parse_tool_reply(body)
+
+        (text, calls, source, served), attempts, start = self._retrying(attempt)
+        model = served or self.model or ""
+        return ToolReply(text, tuple(calls), model, time.monotonic() - start, attempts, source)
 
     def choose(
         self,
@@ -149,31 +181,14 @@ class OpenAIChat:
         """
         from tools.llm.answers import distribution_from_top_logprobs
 
-        settings = self.settings
-        start = time.monotonic()
-        deadline = start + settings.budget_s
         extra = {"structured_outputs": {"choice": list(options)}} if structured else None
         max_tokens = max(len(o) for o in options) + 1
-        attempts = 0
-        while True:
-            limit = min(settings.timeout_s, deadline - time.monotonic())
-            attempts += 1
-            try:
-                body = _within(
-                    limit,
-                    partial(self._choice_attempt, messages, max_tokens, seed, limit, top_logprobs, extra),
-                )
-                text, positions, generated, served = parse_choice_logprobs(body)
-                break
-            except Exception as exc:  # classified as in ``chat``
-                retry, wait, cause = classify(exc, limit)
-                delay = max(settings.backoff_s * 2 ** (attempts - 1), wait or 0.0)
-                if not retry or attempts > settings.retries or time.monotonic() + delay >= deadline:
-                    self.stats.add(calls=1, attempts=attempts, failures=1)
-                    raise LLMError(self.name, cause, attempts) from exc
-                self.stats.add(retries=1)
-                time.sleep(delay)
-        self.stats.add(calls=1, attempts=attempts)
+
+        def attempt(limit: float) -> tuple[str, Any, Any, str | None]:
+            body = self._choice_attempt(messages, max_tokens, seed, limit, top_logprobs, extra)
+            return parse_choice_logprobs(body)
+
+        (text, positions, generated, served), attempts, start = self._retrying(attempt)
         found = distribution_from_top_logprobs(positions, generated, options) if positions else None
         seconds = time.monotonic() - start
         model = served or self.model or ""
@@ -194,24 +209,16 @@ class OpenAIChat:
         top_logprobs: int,
         extra: dict[str, Any] | None,
     ) -> bytes:
-        deadline = time.monotonic() + limit
-        with self._client.chat.completions.with_streaming_response.create(
-            model=self._resolve_model(limit),
+        return self._body(
+            limit,
             messages=messages,
             temperature=0.0,
             max_tokens=max_tokens,
             seed=seed,
             logprobs=True,
             top_logprobs=top_logprobs,
-            timeout=limit,
             extra_body=extra,
-        ) as response:
-            body = bytearray()
-            for piece in response.iter_bytes():
-                if time.monotonic() > deadline:
-                    raise BadReply(f"reply still arriving after {limit:.2f} s")
-                body += piece
-        return bytes(body)
+        )
 
     def _resolve_model(self, limit: float) -> str:
         """The configured model, else the first one the server lists (asked once)."""
@@ -289,6 +296,24 @@ def parse_completion(body: bytes) -> tuple[str, dict[str, Any], str | None]:
         raise BadReply(f"reply's first choice has no text content: {body[:120]!r}")
     usage = data.get("usage")
     return content, usage if isinstance(usage, dict) else {}, _served(data)
+
+
+def parse_tool_reply(body: bytes) -> tuple[str, list[ToolCall], str, str | None]:
+    """(text, calls, where the calls came from, model that served it) of a ``chat.completion``
+    body answered with tools offered; ``BadReply`` when it has no message."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise BadReply(f"malformed JSON reply ({exc}): {body[:120]!r}") from exc
+    choices = data.get("choices") if isinstance(data, dict) else None
+    message = choices[0].get("message") if isinstance(choices, list) and choices else None
+    if not isinstance(message, dict):
+        raise BadReply(f"reply has no message: {body[:120]!r}")
+    text = message.get("content") if isinstance(message.get("content"), str) else ""
+    calls = openai_tool_calls(message)
+    if calls:
+        return text, calls, "structured", _served(data)
+    return text, calls_in_text(text), "text", _served(data)
 
 
 def parse_sse(body: bytes) -> tuple[str, dict[str, Any], str | None]:

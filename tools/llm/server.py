@@ -1,6 +1,7 @@
 """``python -m tools.llm.server``: the embedded model behind llama-cpp-python's own OpenAI server.
 
     python -m tools.llm.server [--host 127.0.0.1] [--port 8088] [--model-path GGUF] [--api-key KEY]
+        [--chat-format chatml-function-calling]
 
 A thin launcher: it assembles the GGUF (``tools.llm_weights``, once; or takes ``--model-path``)
 and runs ``llama_cpp.server`` (llama-cpp-python's ``[server]`` extra: FastAPI + uvicorn) on it,
@@ -10,7 +11,9 @@ is open it prints ``MEL_LLM_BASE_URL=http://HOST:PORT/v1``. ``--port 0`` takes a
 
 What llama.cpp's server gives: ``/v1/chat/completions`` (plain and streamed, ``logprobs`` /
 ``top_logprobs``, ``response_format`` ``json_object`` and ``json_schema`` through a grammar,
-``seed``), ``/v1/completions``, ``/v1/models`` and ``/docs``. llama-cpp-python 0.3 knows a schema
+``seed``), ``/v1/completions``, ``/v1/models`` and ``/docs``. With ``--chat-format
+chatml-function-calling`` it also answers ``tools`` with OpenAI ``tool_calls`` (its grammar-constrained
+function-calling format; plain chats then use that format's ChatML, without the GGUF's default system line). llama-cpp-python 0.3 knows a schema
 only as ``{"type": "json_object", "schema": ...}``; ``JsonSchemaFormat`` (the one piece added here)
 rewrites OpenAI's ``{"type": "json_schema", "json_schema": {"schema": ...}}`` into that form. It generates one request at a time
 (its own lock); ``interrupt_requests`` is off, so a waiting request never cuts another's stream
@@ -50,8 +53,9 @@ ANNOUNCE = "MEL_LLM_BASE_URL="
 START_TIMEOUT_S = 600.0  # assembling the GGUF the first time and loading it on a busy 2-core machine
 
 
-def model_settings(model_path: str | None) -> Any:
-    """llama_cpp.server's ``ModelSettings`` for the embedded model (assembled on first call)."""
+def model_settings(model_path: str | None, chat_format: str | None = None) -> Any:
+    """llama_cpp.server's ``ModelSettings`` for the embedded model (assembled on first call);
+    ``chat_format`` None keeps the GGUF's own template."""
     from llama_cpp.server.settings import ModelSettings
 
     from tools.llm.embedded import N_CTX, gguf_path, require_llama_cpp
@@ -67,6 +71,7 @@ def model_settings(model_path: str | None) -> Any:
         n_threads_batch=cores,
         seed=0,
         verbose=False,
+        **({"chat_format": chat_format} if chat_format else {}),
     )
 
 
@@ -141,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         "--model-path", default=None, help="a .gguf file (default: the registry's Qwen2.5-Coder)"
     )
     parser.add_argument("--api-key", default=None, help="require this bearer key (default: none)")
+    parser.add_argument(
+        "--chat-format",
+        default=None,
+        help="a llama-cpp-python chat format, e.g. chatml-function-calling to answer OpenAI tool "
+        "calls (default: the GGUF's own template)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import uvicorn
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     listener = socket.create_server((args.host, args.port))  # bound before the model loads: no race
     host, port = listener.getsockname()[:2]
     started = time.monotonic()
-    model = model_settings(args.model_path)
+    model = model_settings(args.model_path, args.chat_format)
     server_settings = ServerSettings(host=host, port=port, api_key=args.api_key, interrupt_requests=False)
     app = create_app(server_settings=server_settings, model_settings=[model])
     log.info("model %s loaded in %.1f s", model.model_alias, time.monotonic() - started)
@@ -207,12 +218,16 @@ def launched(
 
 
 @contextmanager
-def serve_embedded(port: int = 0, host: str = "127.0.0.1", model_path: str | None = None) -> Iterator[str]:
+def serve_embedded(
+    port: int = 0, host: str = "127.0.0.1", model_path: str | None = None, chat_format: str | None = None
+) -> Iterator[str]:
     """Serve the embedded model with ``python -m tools.llm.server`` in a child process; yields the
     base URL (``.../v1``) once the model is loaded. ``port=0`` takes a free port."""
     argv = [sys.executable, "-m", "tools.llm.server", "--host", host, "--port", str(port)]
     if model_path is not None:
         argv += ["--model-path", model_path]
+    if chat_format is not None:
+        argv += ["--chat-format", chat_format]
     with launched(argv) as url:
         yield url
 
