@@ -243,7 +243,8 @@ def add_llm_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
         "--consult-margin",
         type=float,
         default=None,
-        help="consult below this pre-ranker margin (default: the dev-chosen agent.settings.CONSULT_MARGIN)",
+        help="consult below this pre-ranker margin (default agent.settings.CONSULT_MARGIN, 0.0: "
+        "chosen on WikiMEL photos with the embedded judge, where look-ups changed no decision)",
     )
     parser.add_argument(
         "--consult-calls", type=int, default=None, help="at most this many tool calls (default 3)"
