@@ -87,18 +87,7 @@ class CandidateStore:
 
     def rank_evidence(self, query: str, qids: Sequence[str], mode: str) -> dict[str, float]:
         """Cosine similarity of each candidate's stored evidence to ``query`` (QID -> score)."""
-        if not qids or not query.strip():
-            return {}
-        result = self.evidence.query(
-            query_texts=[query],
-            n_results=len(qids),
-            where={"$and": [{"qid": {"$in": list(qids)}}, {"mode": mode}]},
-            include=["metadatas", "distances"],
-        )
-        return {
-            meta["qid"]: round(1.0 - float(distance), 5)
-            for meta, distance in zip(result["metadatas"][0], result["distances"][0], strict=True)
-        }
+        return {qid: score for qid, score, _ in self.nearest_evidence(query, mode, qids, len(qids))}
 
     def nearest_evidence(
         self, query: str, mode: str, qids: Sequence[str] | None = None, k: int = 3

@@ -46,6 +46,7 @@ from agent.nodes import AgentContext
 from agent.resources import Resources, resources_for
 from agent.settings import AgentSettings
 from agent.state import ImageRef, LinkState
+from agent.traces import node_seconds
 from kb.candidates import CandidateSet
 from kb.cli_args import (
     LLM_FLAGS,
@@ -151,14 +152,6 @@ def decision_record(final: dict[str, Any], thread: str, seconds: float) -> dict[
         "seconds": round(seconds, 2),
         "error": None,
     }
-
-
-def node_seconds(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Seconds per node, summed over its steps (the consult step runs once per round)."""
-    totals: dict[str, float] = {}
-    for step in steps:
-        totals[step["node"]] = round(totals.get(step["node"], 0.0) + step["seconds"], 4)
-    return totals
 
 
 def consult_summary(final: dict[str, Any]) -> dict[str, Any] | None:

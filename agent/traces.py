@@ -107,17 +107,22 @@ class TraceStore:
 
 def node_outputs(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each node's output and its step record, in graph order (nodes that did not run omitted)."""
-    steps: dict[str, dict[str, Any]] = {}
-    for step in values.get(
-        "steps", []
-    ):  # a node that ran several rounds (consult): its last step, total seconds
-        seconds = steps[step["node"]]["seconds"] if step["node"] in steps else 0.0
-        steps[step["node"]] = {**step, "seconds": round(seconds + step["seconds"], 4)}
+    seconds = node_seconds(values.get("steps", []))
+    # a node that ran several rounds (consult): its last step, with the seconds of all of them
+    steps = {step["node"]: {**step, "seconds": seconds[step["node"]]} for step in values.get("steps", [])}
     return {
         node: {"step": steps[node], **{k: values.get(k) for k in NODE_KEYS[node]}}
         for node in NODES
         if node in steps
     }
+
+
+def node_seconds(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per node, summed over its steps (the consult step runs once per round)."""
+    totals: dict[str, float] = {}
+    for step in steps:
+        totals[step["node"]] = round(totals.get(step["node"], 0.0) + step["seconds"], 4)
+    return totals
 
 
 def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
@@ -144,6 +149,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
     order_a, order_b = a.get("prerank", {}).get("order", []), b.get("prerank", {}).get("order", [])
     judge_a, judge_b = a.get("judge") or {}, b.get("judge") or {}
     calls_a, calls_b = tool_calls(a), tool_calls(b)
+    results_a, results_b = _results(a), _results(b)
     return {
         "describe": {
             "changed": set(words_a) != set(words_b),
@@ -180,7 +186,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "results_differ": [
                 i
                 for i, (x, y) in enumerate(zip(calls_a, calls_b, strict=False))
-                if x == y and _results(a)[i] != _results(b)[i]
+                if x == y and results_a[i] != results_b[i]
             ],
         },
         "judge": {

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from eval.pipelines import Pipeline
-from kb.ranking import gold_rank, ranking
+from kb.ranking import gold_rank, gold_rank_in_order, ranking
 from kb.runcore.items import PreparedItem
 
 STAGES = ("model", "model*", "agent")
@@ -43,8 +43,7 @@ def without_consult(record: dict[str, Any], gold_index: int | None) -> dict[str,
     qids = record["candidates"]
     decision = consult["decision_without"]
     order = [decision, *(qids[i] for i in ranking(record["prerank_scores"]) if qids[i] != decision)]
-    gold = qids[gold_index] if gold_index is not None else None
-    rank = order.index(gold) + 1 if gold in order else len(qids) + 1
+    rank = gold_rank_in_order(order, qids[gold_index] if gold_index is not None else None)
     return {"rank": rank, "prediction": decision, "correct": rank == 1}
 
 
