@@ -46,6 +46,7 @@ from agent.intents import HELP, Intent, parse
 from agent.resources import Resources
 from agent.settings import AgentSettings
 from agent.traces import TraceStore
+from kb.errors import DatasetError
 
 EXPLAIN_SYSTEM = (
     "You explain one decision of an entity-linking agent to a researcher. Use only the numbered "
@@ -84,11 +85,12 @@ class ChatSession:
         )
 
     def handle(self, line: str) -> str:
-        """The reply to one line (``ValueError``/``KeyError`` become a one-line error)."""
+        """The reply to one line (``ValueError``/``KeyError`` and a KB that cannot be loaded for a
+        what-if, ``DatasetError``, become a one-line error)."""
         intent = parse(line, self.values)
         try:
             return self._dispatch(intent)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, DatasetError) as exc:
             return f"error: {exc.args[0] if exc.args else exc}"
 
     def _dispatch(self, intent: Intent) -> str:

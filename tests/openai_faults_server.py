@@ -11,11 +11,15 @@ Each request to ``/v1/chat/completions`` takes the next mode from a script (then
 * ``drip``: sends headers, then one byte of body every 0.2 s until the client hangs up
 * ``drip-headers``: sends the status line, then one byte of a header every 0.2 s
 * ``hangup``: closes the connection without a byte
+
+Given ``top_logprobs`` ({token: probability}), a request that asks for ``logprobs`` gets them for
+its first answer token, as llama.cpp's and vLLM's servers send them (a judge's distribution).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,8 +31,8 @@ ANSWER = "Candidate 2: Barack Obama"
 MODEL = "fault-model"
 
 
-def completion(text: str) -> dict[str, Any]:
-    return {
+def completion(text: str, top_logprobs: dict[str, float] | None = None) -> dict[str, Any]:
+    body = {
         "id": "chatcmpl-fault",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -36,6 +40,11 @@ def completion(text: str) -> dict[str, Any]:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
     }
+    if top_logprobs:
+        tops = [{"token": t, "logprob": math.log(p)} for t, p in top_logprobs.items()]
+        first = {"token": text, "logprob": math.log(top_logprobs.get(text, 1e-9)), "top_logprobs": tops}
+        body["choices"][0]["logprobs"] = {"content": [first]}
+    return body
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -52,8 +61,11 @@ def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
 class FaultServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, script: Sequence[str], default: str, answer: str) -> None:
+    def __init__(
+        self, script: Sequence[str], default: str, answer: str, top_logprobs: dict[str, float] | None
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.top_logprobs = top_logprobs
         self.script = list(script)
         self.default = default
         self.answer = answer
@@ -107,7 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self._send_raw(chunk({}, "stop") + b"data: [DONE]\n\n")
             else:
-                self._json(200, completion(answer))
+                self._json(
+                    200, completion(answer, self.server.top_logprobs if body.get("logprobs") else None)
+                )
         elif kind == "429":
             self._json(429, _error("rate limited", "rate_limit_exceeded"), {"Retry-After": arg})
         elif kind == "500":
@@ -177,10 +191,13 @@ def _error(message: str, code: str) -> dict[str, Any]:
 
 @contextmanager
 def fault_server(
-    script: Sequence[str] = (), default: str = "ok", answer: str = ANSWER
+    script: Sequence[str] = (),
+    default: str = "ok",
+    answer: str = ANSWER,
+    top_logprobs: dict[str, float] | None = None,
 ) -> Iterator[FaultServer]:
     """Serve in a thread; yields the server (``.url``: the base URL; ``.bodies``: requests seen)."""
-    server = FaultServer(script, default, answer)
+    server = FaultServer(script, default, answer, top_logprobs)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

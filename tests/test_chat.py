@@ -9,6 +9,7 @@ asks the embedded Qwen2.5-Coder-1.5B a "why X and not Y?" question and runs one 
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 from pathlib import Path
 
@@ -323,3 +324,104 @@ def test_explain_says_which_side_the_fused_decision_followed() -> None:
         "the judge moved the decision from the pre-ranker's qa (QA) to qb (QB)"
         in distribution_facts(values)[-1].text
     )
+
+
+def test_why_numbers_the_facts_and_marks_the_ones_the_answer_cites(
+    decisions: dict, monkeypatch, capsys
+) -> None:
+    """The LLM (a real HTTP server on 127.0.0.1) gets the facts numbered 1..n and answers
+    "Because of [2]."; the reply prints the answer, then every fact with only fact 2 marked ``*``."""
+    from openai_faults_server import MODEL, fault_server
+
+    store = TraceStore(decisions["db"])
+    values = store.get(decisions["clean"]["thread"]).values
+    store.close()
+    other = next(q for q in values["prerank"]["order"] if q != values["decision"])
+    with fault_server(answer="Because of [2].") as server:
+        llm = ["--llm-base-url", server.url, "--llm-model", MODEL]
+        out = session(
+            decisions,
+            decisions["clean"]["thread"],
+            f"why {values['decision']} and not {other}?\n",
+            monkeypatch,
+            capsys,
+            llm=llm,
+        )
+        (body,) = server.bodies
+    sent = body["messages"][-1]["content"]
+    facts = re.findall(
+        r"^\[(\d+)\] ", sent.split("Trace facts:\n", 1)[1].split("\n\nQuestion:")[0], flags=re.M
+    )
+    assert facts == [str(i) for i in range(1, len(facts) + 1)] and len(facts) >= 3, sent
+    reply = out.split(f"why {values['decision']} and not {other}?", 1)[1]
+    assert "Because of [2]." in reply and "based on these trace facts (* = cited):" in reply
+    marked = re.findall(r"^\* \[(\d+)\] ", reply, flags=re.M)
+    unmarked = re.findall(r"^  \[(\d+)\] ", reply, flags=re.M)
+    assert marked == ["2"] and sorted(int(n) for n in marked + unmarked) == list(range(1, len(facts) + 1))
+
+
+def test_help_lists_every_command_it_understands() -> None:
+    """Each example in ``help`` parses to the intent it documents (none falls through to a free
+    question), and every intent the parser has is in ``help``."""
+    from agent.intents import HELP
+
+    examples = {
+        "summary": "summary",
+        "node": "node judge",
+        "compare": "compare #1 #2",
+        "fusion": "explain",
+        "evidence": "evidence #1",
+        "lookups": "what did you look up?",
+        "why": "why #1 and not #2?",
+        "descriptors": "what if the descriptors were 'cat, sofa'?",
+        "drop": "drop candidate #2",
+        "clean_image": "use the clean image",
+        "image": "use image /tmp/x.png",
+        "quit": "quit",
+        "help": "help",
+    }
+    values = {
+        "candidates": [{"qid": "Q1", "label": "one"}, {"qid": "Q2", "label": "two"}],
+        "prerank": {"order": ["Q1", "Q2"]},
+        "decision": "Q1",
+    }
+    for kind, line in examples.items():
+        assert parse(line, values).kind == kind, line
+        if kind != "help":
+            assert line.split()[0].strip("?") in HELP, line
+
+
+def test_a_what_if_reads_its_kb_from_the_runs_config_json(
+    decisions: dict, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Without ``--dataset``: a checkpoint file inside an ``eval.run`` folder takes the KB named in
+    its ``config.json``; a config naming another dataset is the one used (an error here), and
+    without a config the what-if says to give ``--dataset``."""
+    import json
+    import shutil
+
+    monkeypatch.setenv("MEL_CACHE_DIR", str(decisions["root"] / "cache"))
+    monkeypatch.setenv("MEL_LLM_RETRIES", "0")
+    thread = decisions["clean"]["thread"]
+    answers = {}
+    for name, config in (
+        ("demo", {"dataset": "demo", "task": "i2t"}),
+        ("other", {"dataset": "nope"}),
+        ("none", None),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(decisions["db"], folder / "checkpoints.sqlite")
+        if config is not None:
+            (folder / "config.json").write_text(json.dumps(config))
+        monkeypatch.setattr("sys.stdin", io.StringIO("drop candidate #2\n"))
+        argv = ["--thread", thread, "--checkpoint-db", str(folder / "checkpoints.sqlite")]
+        argv += ["--llm-base-url", f"http://127.0.0.1:{decisions['port']}/v1", "--llm-model", "none"]
+        assert chat.main(argv) == 0
+        answers[name] = capsys.readouterr().out.split("drop candidate #2", 1)[-1]
+    assert "re-ran: prerank" in answers["demo"] and "error" not in answers["demo"], answers["demo"]
+    store = TraceStore(tmp_path / "demo" / "checkpoints.sqlite")
+    assert store.get(f"{thread}~whatif-1").values["decision"]
+    store.close()
+    assert "unknown dataset 'nope'" in answers["other"], answers["other"]
+    assert "give --dataset NAME" in answers["none"], answers["none"]
