@@ -121,6 +121,45 @@ def test_pt_is_the_same_bytes_alone_and_in_a_batch_of_8(tagger, photos, preset, 
     assert pt_bytes(other_seed.adversarial[0]) != pt_bytes(batch.adversarial[0])  # the seed matters
 
 
+@pytest.mark.parametrize("calls", list(CALLS))
+def test_a_batch_costs_steps_backward_passes_and_three_more_forwards(tagger, photos, calls) -> None:
+    """The engine's docstring: one clean forward, ``steps`` forward-backward passes and two
+    re-scoring forwards, counted on the real tagger's own calls (a hook, the real forward runs).
+    Row calls make each pass one call per image; stacked calls one per pass."""
+    ids, images, texts, top = photos
+    steps, rows = 3, [0, 1, 3]
+    preset = Preset("pgd-3", "pgd", steps, "Linf", eps=8 / 255, alpha=2 / 255)
+    counts = {"forward": 0, "with_grad": 0, "backward": 0}
+
+    def count(module, inputs, output) -> None:
+        counts["forward"] += 1
+        if output.requires_grad:
+            counts["with_grad"] += 1
+            output.register_hook(lambda grad: counts.__setitem__("backward", counts["backward"] + 1))
+
+    handle = tagger.register_forward_hook(count)
+    try:
+        attack_batch(
+            tagger,
+            preset,
+            [images[i] for i in rows],
+            top[rows],
+            [texts[i] for i in rows],
+            None,
+            0,
+            [ids[i] for i in rows],
+            **CALLS[calls],
+        )
+    finally:
+        handle.remove()
+    per_pass = len(rows) if calls == "row-calls" else 1
+    assert counts == {
+        "forward": (steps + 3) * per_pass,
+        "with_grad": steps * per_pass,
+        "backward": steps * per_pass,
+    }
+
+
 PREPROCESSING = {
     "tagger": lambda tagger: tagger.preprocess,  # short side 256, centre crop 224
     "clip": lambda _: PixelPreprocess(224, resize_mode="shortest", crop_size=224),
@@ -240,12 +279,74 @@ def test_model_input_space_attacks_the_scorers_input(tagger, tmp_path: Path, mon
     assert generate.main(args) == 2  # a pixel-space run does not resume a model-input folder
 
 
+def test_eval_run_replays_a_model_input_set_through_full_preprocessing(
+    tagger, photos, tmp_path: Path, monkeypatch
+) -> None:
+    """A model-input set (3 × 224 × 224 tensors) replayed by ``eval.run --attack --adv-format pt``
+    is scored as any image: the scorer's whole preprocessing (short side 256, centre crop 224)
+    runs on it, so the item line's scores are the tagger's on the file, not the attack's own
+    scores with the resize skipped."""
+    from support import private_cache
+
+    from eval.run import RunConfig, run
+
+    monkeypatch.setattr(generate, "load_attack_scorer", lambda config: tagger)
+    monkeypatch.setenv("MEL_CACHE_DIR", str(private_cache(tmp_path / "cache", ("kb",))))
+    out = _run(tmp_path, "adv", attack="pgd-fast", limit=2, space="model-input")
+    config = RunConfig(
+        dataset="demo",
+        task="i2t",
+        limit=2,
+        attack="pgd-fast",
+        presets_file=str(tmp_path / "fast.json"),
+        adv_dir=str(out),
+        adv_format="pt",
+    )
+    run(config, tmp_path / "replay", progress=False)
+    ids, _, texts, _ = photos
+    folder = out / "PGD-pgd-fast" / "demo"
+    files = {r["id"]: folder / r["pt"] for r in _lines(folder / "manifest.jsonl")}
+    lines = [r for r in _lines(tmp_path / "replay" / "items.jsonl") if r["condition"] == "pgd-fast"]
+    assert len(lines) == 2
+    for line in lines:
+        pixels = torch.load(files[line["id"]])[None]
+        assert tuple(pixels.shape) == (1, 3, 224, 224)
+        candidates = [texts[ids.index(line["id"])]]
+        with torch.no_grad():
+            full = tagger(pixels, None, candidates)[0]
+            with tagger.preprocess.inputs_resized():
+                skipped = tagger(pixels, None, candidates)[0]
+        assert line["scores"] == pytest.approx(full.tolist(), abs=1e-4)
+        assert float((full - skipped).abs().max()) > 1e-3, "the 256-then-224 resize changes the input"
+
+
 def test_bench_prints_the_overhead_beside_the_per_image_ratio(capsys) -> None:
-    assert bench.main(["--limit", "2", "--steps", "1", "--attack", "pgd-n", "--threads", "1"]) == 0
+    argv = ["--limit", "2", "--steps", "1", "--attack", "pgd-n", "--threads", "1", "--peak-tflops", "0.5"]
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
     row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert row["overhead"] > 0 and row["ratio"] > 0 and row["bare_img_s"] > 0 and row["tflops"] > 0
+    assert row["peak_share"] == round(row["tflops"] / 0.5, 4), "--peak-tflops gives the share of the peak"
     assert "overhead vs bare steps x (forward + backward)" in out and "per-image ratio" in out
+
+
+def test_bench_random_scorer_is_the_real_open_clip_architecture_untrained() -> None:
+    """``--scorer random:ViT-B-32-quickgelu``: open_clip's ViT-B/32 class with OpenAI's shapes
+    (patch 32, width 768, 12 layers, a 512-d embedding), seeded random weights, scoring pixels."""
+    import open_clip
+
+    scorer = bench.load_bench_scorer("random:ViT-B-32-quickgelu", "cpu")
+    model = next(m for m in scorer.modules() if isinstance(m, open_clip.CLIP))
+    visual = model.visual
+    assert visual.conv1.kernel_size == (32, 32) and visual.conv1.out_channels == 768
+    assert len(visual.transformer.resblocks) == 12 and model.text_projection.shape == (512, 512)
+    again = bench.load_bench_scorer("random:ViT-B-32-quickgelu", "cpu")
+    first = next(m for m in again.modules() if isinstance(m, open_clip.CLIP)).visual.conv1.weight
+    assert torch.equal(first, visual.conv1.weight), "seeded: the same random weights every run"
+    assert float(visual.conv1.weight.std()) < 0.1, "random initialisation, not loaded weights"
+    with torch.no_grad():
+        logits = scorer(torch.rand(1, 3, 300, 400), None, [["a photo of a cat", "a photo of a dog"]])
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
 
 
 @pytest.mark.slow

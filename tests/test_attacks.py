@@ -360,6 +360,15 @@ def test_manifest_resume_and_refusal(tmp_path: Path, shared_scorer, capsys) -> N
     assert "another attack configuration" in capsys.readouterr().err
     assert generate.main(args(config, scorer="tagger:e5", limit=3)) == 2
     assert len(_lines(manifest)) == 3
+    # a folder written before per-image seeding (its attack.json has no space and dtype) is refused
+    identity_file = manifest.parent / "attack.json"
+    old = {k: v for k, v in json.loads(identity_file.read_text()).items() if k not in ("space", "dtype")}
+    identity_file.write_text(json.dumps(old))
+    before = manifest.read_bytes()
+    capsys.readouterr()
+    assert generate.main(args(config, limit=4)) == 2
+    assert "another attack configuration" in capsys.readouterr().err
+    assert manifest.read_bytes() == before and json.loads(identity_file.read_text()) == old
 
 
 def test_corrupt_image_becomes_a_manifest_error(tmp_path: Path, shared_scorer, demo, monkeypatch) -> None:

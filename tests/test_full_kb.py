@@ -230,3 +230,20 @@ def test_rank_rows_equals_ranking_then_cut_on_random_ties() -> None:
         for row, gold, got in zip(scores, golds, rank_rows(scores, golds, keep), strict=True):
             assert list(got.order) == ranking(row.tolist())[: n if keep <= 0 else keep]
             assert got.rank == gold_rank(row.tolist(), gold)
+
+
+def test_any_lambda_above_100_takes_the_full_kb_path(tmp_path: Path, cache: Path) -> None:
+    """λ = 101 on the 19-entity demo KB is a full-KB run (cut lines ranking all 19, a ``full_kb``
+    block, the metrics of ``--candidates all``); λ = 100 is a candidate-set run."""
+    common = dict(dataset="demo", task="t2t")
+    above = run(RunConfig(**common, candidates=101), tmp_path / "above", progress=False)
+    whole = run(RunConfig(**common, candidates=None), tmp_path / "all", progress=False)
+    at = run(RunConfig(**common, candidates=100), tmp_path / "at", progress=False)
+    assert above["full_kb"]["mode"] == "matrix" and above["full_kb"]["entities"] == 19
+    lines = [json.loads(line) for line in (tmp_path / "above" / "items.jsonl").read_text().splitlines()]
+    assert len(lines) == 8
+    assert all(line["candidate_source"] == "full-kb" and len(line["ranking"]) == 19 for line in lines)
+    assert above["metrics"] == whole["metrics"]
+    assert "full_kb" not in at
+    first = json.loads((tmp_path / "at" / "items.jsonl").read_text().splitlines()[0])
+    assert "candidate_source" not in first and len(first["candidates"]) == 19
