@@ -171,7 +171,7 @@ def test_eval_run_with_concurrency_writes_what_a_sequential_run_writes(tmp_path:
     port = closed_port()
     outcomes, peaks, requests = {}, {}, {}
     for concurrency in (1, 4):
-        with replay(DELAY_S, port if concurrency > 1 else 0) as url:
+        with replay(DELAY_S, port) as url:  # one endpoint: a resume must name the same LLM
             outcomes[concurrency] = agent_run(f"c{concurrency}", url, concurrency)
             counts = stats(url)
         assert counts["misses"] == 0, "every request was one the real model answered"
@@ -184,8 +184,9 @@ def test_eval_run_with_concurrency_writes_what_a_sequential_run_writes(tmp_path:
     assert concurrent["metrics"] == sequential["metrics"] == recorded["metrics"] and recorded["n"] == 4
     assert any(r["judge"] != "fallback" for r in _items(tmp_path / "recorded")), "the real judge answered"
     assert concurrent_s < 0.8 * sequential_s, (concurrent_s, sequential_s)
-    # Resume: the same command again (same endpoint) reads every decision back, asking the LLM nothing.
+    # Resume the sequential run's folder with --concurrency 4: N is not part of the run's identity,
+    # so it is not refused, and every decision is read back, asking the LLM nothing.
     with replay(DELAY_S, port) as url:
-        again, _ = agent_run("c4", url, 4)
+        again, _ = agent_run("c1", url, 4)
         assert stats(url)["hits"] == 0
-    assert again["metrics"] == concurrent["metrics"]
+    assert again["metrics"] == sequential["metrics"] and _items(tmp_path / "c1") == _items(tmp_path / "c4")

@@ -189,3 +189,49 @@ def test_kb_build_cli_reuses_the_wikimel_store(shared_mel: Path, wikimel_store: 
     again = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     assert again["entities"] == wikimel_store["entities"] == 18_880 and again["path"] == wikimel_store["path"]
     assert again["reused"] and again["seconds"] < wikimel_store["build_seconds"] / 5
+
+
+PLUGIN = '''
+from tools.text_encoders import MiniLMEncoder
+
+
+class ReversedMiniLM(MiniLMEncoder):
+    """MiniLM on each text reversed word by word: another encoder, its own vectors."""
+
+    name = "plugin:reversed-minilm"
+
+    def encode(self, texts, kind="passage"):
+        return super().encode([" ".join(reversed(t.split())) for t in texts], kind)
+'''
+
+
+def test_kb_build_finds_a_third_party_encoder_through_its_entry_point(tmp_path: Path) -> None:
+    """A package installed beside the project (a module and its ``.dist-info`` with an
+    ``entry_points.txt`` on ``sys.path``, as pip leaves them) registers ``reversed-minilm`` in
+    ``melrobust.text_encoders``: ``kb.build --encoder reversed-minilm`` lists it, builds a store
+    with it (a store of its own, pinned to that encoder, beside MiniLM's), and an unknown name
+    is refused with the installed names."""
+    site = tmp_path / "site"
+    info = site / "melrobust_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "melrobust_plugin.py").write_text(PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: melrobust-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[melrobust.text_encoders]\nreversed-minilm = melrobust_plugin:ReversedMiniLM\n"
+    )
+    env = {**os.environ, "MEL_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(site)}
+    command = [sys.executable, "-m", "kb.build", "--dataset", "demo"]
+    listed = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True, env=env).stdout
+    assert "reversed-minilm" in listed
+    built = {}
+    for encoder in ("reversed-minilm", "minilm"):
+        done = subprocess.run([*command, "--encoder", encoder], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        built[encoder] = json.loads(done.stdout)
+    assert built["reversed-minilm"]["encoder"].startswith("plugin:reversed-minilm")
+    assert (
+        built["reversed-minilm"]["entities"] == 19
+        and built["reversed-minilm"]["path"] != built["minilm"]["path"]
+    )
+    unknown = subprocess.run([*command, "--encoder", "nope"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "reversed-minilm" in unknown.stderr

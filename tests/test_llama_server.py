@@ -95,6 +95,27 @@ def test_json_schema_response_format_is_enforced(client: openai.OpenAI) -> None:
     assert "paris" in answer["capital"].lower()
 
 
+def test_json_object_response_format_gives_json(client: openai.OpenAI) -> None:
+    """``response_format={"type": "json_object"}``: the answer parses as a JSON object, though the
+    prompt asks for prose."""
+    reply = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+        temperature=0,
+        max_tokens=60,
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_the_api_docs_are_served(url: str) -> None:
+    root = url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/docs", timeout=30) as page:
+        assert page.status == 200 and "swagger" in page.read().decode().lower()
+    with urllib.request.urlopen(f"{root}/openapi.json", timeout=30) as spec:
+        assert "/v1/chat/completions" in json.loads(spec.read())["paths"]
+
+
 def test_completions_endpoint(client: openai.OpenAI) -> None:
     reply = client.completions.create(
         model=MODEL_ID, prompt="The capital of France is", max_tokens=3, temperature=0

@@ -25,7 +25,7 @@ from support import private_cache, refuse_model_loading, score_rows
 
 from attacks import generate
 from eval.run import RunConfig, main, run
-from tools.executor import ExecutorConfig
+from tools.executor import ExecutorConfig, JsonWorker, pool_size, ray_map
 
 RAY = ExecutorConfig(kind="ray", workers=2)
 RAY_PROCESS = re.compile(r"ray::|/ray/|raylet|gcs_server")
@@ -283,3 +283,48 @@ def test_executor_flags_are_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ExecutorConfig(kind="ray", workers=0)
     assert main(["--dataset", "demo", "--task", "it2t", "--pipeline", "agent", "--executor", "ray"]) == 2
+
+
+class EnvWorker(JsonWorker):
+    """Reports what an actor sees: a forwarded variable, its process, how often it was built."""
+
+    built = 0
+
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__(threads)
+        EnvWorker.built += 1
+
+    def process(self, rows: list[dict]) -> list[dict]:
+        return [
+            {
+                "index": r["index"],
+                "env": os.environ.get("MEL_X_TEST"),
+                "pid": os.getpid(),
+                "built": EnvWorker.built,
+            }
+            for r in rows
+        ]
+
+
+def test_actors_see_the_drivers_settings_and_are_built_once(
+    ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MEL_*`` set in the driver reaches every actor; each actor constructs its worker (where a
+    scorer loads) once for all its batches; without ``--ray-workers`` the pool is one actor per
+    CPU of the cluster, and GPU work on a cluster without GPUs is refused; a row that is not JSON
+    (a tensor) is refused before any actor starts, so only ids, paths and texts travel."""
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests/
+    monkeypatch.setenv("MEL_X_TEST", "forwarded")
+    rows = [{"index": i} for i in range(12)]
+    results = list(ray_map(rows, EnvWorker, (1,), ExecutorConfig(kind="ray", workers=2), rows_per_call=2))
+    assert sorted(r["index"] for r in results) == list(range(12))
+    assert {r["env"] for r in results} == {"forwarded"}
+    assert all(r["built"] == 1 for r in results), "a worker was built more than once in one actor"
+    assert os.getpid() not in {r["pid"] for r in results}, "the driver did no work"
+    assert pool_size(ExecutorConfig(kind="ray"), ray, 0.0) == int(ray.cluster_resources()["CPU"]) == 2
+    with pytest.raises(ValueError, match="no GPU"):
+        pool_size(ExecutorConfig(kind="ray"), ray, 1.0)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        list(ray_map([{"index": 0, "pixels": torch.zeros(3)}], EnvWorker, (1,), RAY, rows_per_call=1))

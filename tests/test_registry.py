@@ -121,6 +121,52 @@ def test_hub_id_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert time.perf_counter() - start < 5
 
 
+OFFLINE_PROBE = """
+import json, socket
+from tools import registry
+from tools.hub import ModelUnavailable
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(repr(args[:2]))
+    raise OSError("no network in this test")
+socket.socket.connect = refuse
+socket.getaddrinfo = refuse
+try:
+    registry.get("hf:openai/clip-vit-base-patch32")
+    outcome = "loaded"
+except ModelUnavailable as exc:
+    outcome = "unavailable: " + str(exc)
+print(json.dumps({"outcome": outcome, "attempts": len(attempts)}))
+"""
+
+
+@pytest.mark.parametrize(
+    "offline", [True, pytest.param(False, marks=pytest.mark.slow)]
+)  # online retries ~50 s
+def test_mel_offline_alone_never_reaches_a_hub(tmp_path: Path, offline: bool) -> None:
+    """In a fresh process with ``HF_HUB_OFFLINE`` unset and every name lookup and socket connection
+    recorded (and refused): ``MEL_OFFLINE=1`` fails a hub id with ``ModelUnavailable`` and nothing
+    tried; without it the same load does try the network (so the probe would see it)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "MEL_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty hub cache
+    if offline:
+        env["MEL_OFFLINE"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", OFFLINE_PROBE], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["outcome"].startswith("unavailable: "), result
+    if offline:
+        assert result["attempts"] == 0 and "offline" in result["outcome"], result
+    else:
+        assert result["attempts"] > 0, result
+
+
 def test_openclip_hub_tag_offline_fails_before_open_clip_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     import open_clip
 

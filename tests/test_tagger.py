@@ -88,3 +88,23 @@ def test_ocr_variant_reads_words_in_images() -> None:
     ocr = load_scorer("tagger+ocr", task="i2t")
     words = ocr.read_words(to_tensor(load_rgb(package_file("skimage", "data/page.png"))).unsqueeze(0))
     assert ocr.name.endswith("+ocr") and len(words[0]) > 5
+
+
+def test_ocr_words_move_the_logits_toward_the_candidate_they_name(tagger) -> None:
+    """``tagger+ocr`` on a white card printed "OBAMA": the words RapidOCR reads join the image
+    embedding, so the logits differ from plain ``tagger``'s and the gap in favour of the
+    candidate the word names grows; an image without words scores as plain ``tagger``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    ocr = load_scorer("tagger+ocr", task="i2t")
+    card = Image.new("RGB", (640, 200), "white")
+    ImageDraw.Draw(card).text((20, 60), "OBAMA", fill="black", font=ImageFont.load_default(size=72))
+    pixels = to_tensor(card).unsqueeze(0)
+    candidates = [["a photo of Barack Obama", "a photo of Chelsea F.C."]]
+    assert ocr.read_words(pixels) == ["OBAMA"]
+    with torch.no_grad():
+        plain, read = tagger(pixels, None, candidates)[0], ocr(pixels, None, candidates)[0]
+        blank = to_tensor(Image.new("RGB", (640, 200), "white")).unsqueeze(0)
+        assert torch.allclose(ocr(blank, None, candidates), tagger(blank, None, candidates))
+    assert not torch.allclose(plain, read)
+    assert float(read[0] - read[1]) > float(plain[0] - plain[1]) + 1.0, (plain, read)
