@@ -76,3 +76,15 @@ def test_agent_bench_at_two_concurrencies_against_a_server() -> None:
     rows = re.findall(r"^ +([12]) +[\d.]+ +[\d.]+ +[\d.]+x .* (True|False) +[\d.]+$", out, re.M)
     assert [n for n, _ in rows] == ["1", "2"] and all(same == "True" for _, same in rows), out
     assert re.search(r"^at 2 in flight wall time is [\d.]+x the CPU work: (meets|misses)", out, re.M), out
+
+
+def test_agent_bench_by_default_replays_the_real_models_recorded_answers(tmp_path: Path) -> None:
+    """Without ``--llm-base-url`` the concurrency bench records the embedded model's answers once
+    (llama.cpp's server), then replays them after ``--replay-delay``, and says so."""
+    recording = tmp_path / "recording.jsonl"
+    args = ["agent", "--limit", "1", "--candidates", "2", "--task", "i2t", "--concurrency", "1,2"]
+    out = bench(*args, "--replay-delay", "0.1", "--recording", str(recording))
+    assert recording.is_file() and recording.read_text().strip(), "the real model's answers were recorded"
+    assert "recorded answer to the same request" in out and "replayed after a fixed 0.10 s delay" in out
+    rows = re.findall(r"^ +([12]) +[\d.]+ +[\d.]+ +[\d.]+x .* (True|False) +[\d.]+$", out, re.M)
+    assert [n for n, _ in rows] == ["1", "2"] and all(same == "True" for _, same in rows), out

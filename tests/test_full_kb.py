@@ -189,6 +189,16 @@ def test_hnsw_index_finds_the_exact_top_k_on_a_small_kb(tmp_path: Path, cache: P
             assert np.abs(e.scores - a.scores).max() < 1e-3  # HNSW's own float cosine
     reopened = HnswRanker.open("tagger", pipeline.texts, pipeline.embed_candidates, False, tmp_path / "index")
     assert reopened.size == 19
+    # and through the flag, as users reach it: --kb-index hnsw ranks with the index, same metrics
+    from eval.run import main
+
+    runs = {}
+    for kind in ("exact", "hnsw"):
+        argv = ["--dataset", "demo", "--task", "t2t", "--candidates", "all", "--kb-index", kind, "--quiet"]
+        assert main([*argv, "--keep-top", "5", "--out", str(tmp_path / kind)]) == 0
+        runs[kind] = json.loads((tmp_path / kind / "results.json").read_text())
+    assert runs["hnsw"]["full_kb"]["index"] == "hnsw" and runs["exact"]["full_kb"]["index"] == "exact"
+    assert runs["hnsw"]["metrics"] == runs["exact"]["metrics"]
 
 
 @pytest.mark.slow
