@@ -59,8 +59,8 @@ def test_redteam_cli_uses_the_flags_llm_and_writes_its_rates(
     cache: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """``--llm-model`` wins over ``MEL_LLM_MODEL``; ``runs/redteam/<dataset>-<split>-<task>.json``
-    holds, per arm, the targeted success, accuracy beside clean accuracy and the invalid rate, and
-    the planted texts reached the judge's prompt only on the undefended arm unfenced."""
+    holds, per arm, the targeted success, accuracy beside clean accuracy and the invalid rate (the
+    planting itself is tested in ``test_red_team.py``), and the table is printed."""
     from agent.redteam import main
 
     monkeypatch.setenv("MEL_LLM_MODEL", "model-from-the-environment")

@@ -19,7 +19,7 @@ from support import private_cache
 from eval.config import RunConfig
 from eval.full_kb import FullKBPipeline, embeds, rank_rows
 from eval.metrics import FULL_KB_KS, metrics_from_ranks
-from eval.run import build_parser, run
+from eval.run import build_parser, main, run
 from eval.scoring import score_missing
 from kb.dataset import load_dataset
 from kb.ranking import gold_rank, ranking
@@ -190,8 +190,6 @@ def test_hnsw_index_finds_the_exact_top_k_on_a_small_kb(tmp_path: Path, cache: P
     reopened = HnswRanker.open("tagger", pipeline.texts, pipeline.embed_candidates, False, tmp_path / "index")
     assert reopened.size == 19
     # and through the flag, as users reach it: --kb-index hnsw ranks with the index, same metrics
-    from eval.run import main
-
     runs = {}
     for kind in ("exact", "hnsw"):
         argv = ["--dataset", "demo", "--task", "t2t", "--candidates", "all", "--kb-index", kind, "--quiet"]

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -313,8 +314,6 @@ def test_actors_see_the_drivers_settings_and_are_built_once(
     scorer loads) once for all its batches; without ``--ray-workers`` the pool is one actor per
     CPU of the cluster, and GPU work on a cluster without GPUs is refused; a row that is not JSON
     (a tensor) is refused before any actor starts, so only ids, paths and texts travel."""
-    import sys
-
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import tests/
     monkeypatch.setenv("MEL_X_TEST", "forwarded")
     rows = [{"index": i} for i in range(12)]
