@@ -136,10 +136,12 @@ def counts_line(results: Sequence[dict[str, Any]]) -> str:
     for run in results:
         if is_full_kb(run):
             kb = run.get("full_kb") or {}
+            keep, mode = kb.get("keep_top", "?"), kb.get("mode", "?")
+            if mode == "retrieve+rerank":  # the cross-encoder reranks exactly the kept top k
+                mode = f"{mode} of the top {keep}"
             parts.append(
                 f"{row_name(run)}: {run['dataset']}/{run['split']} n={run['n']}, "
-                f"{kb.get('entities', '?')} entities, top {kb.get('keep_top', '?')} kept, "
-                f"{kb.get('mode', '?')} ({kb.get('index', '?')})"
+                f"{kb.get('entities', '?')} entities, top {keep} kept, {mode}, {kb.get('index', '?')} index"
             )
     return "; ".join(parts)
 

@@ -255,3 +255,28 @@ def test_any_lambda_above_100_takes_the_full_kb_path(tmp_path: Path, cache: Path
     assert "full_kb" not in at
     first = json.loads((tmp_path / "at" / "items.jsonl").read_text().splitlines()[0])
     assert "candidate_source" not in first and len(first["candidates"]) == 19
+
+
+def test_the_table_note_says_how_many_candidates_mcr_reranked() -> None:
+    """A reader of the MIMIC table must see that an MCR t2t row reranks only the kept top k
+    (so its H@20 is the retrieval's), and which index found them."""
+    from eval.full_kb_table import counts_line
+
+    def run(scorer: str, mode: str, keep: int, index: str) -> dict:
+        full_kb = {"entities": 18880, "keep_top": keep, "mode": mode, "index": index}
+        return {
+            "scorer": scorer,
+            "task": "t2t",
+            "dataset": "wikimel",
+            "split": "test",
+            "n": 5131,
+            "candidates": "all",
+            "full_kb": full_kb,
+        }
+
+    line = counts_line([run("mcr", "retrieve+rerank", 20, "exact"), run("tagger", "matrix", 100, "hnsw")])
+    assert (
+        "mcr T2T full KB: wikimel/test n=5131, 18880 entities, top 20 kept, retrieve+rerank of the top 20, exact index"
+        in line
+    )
+    assert "tagger T2T full KB: wikimel/test n=5131, 18880 entities, top 100 kept, matrix, hnsw index" in line
