@@ -18,6 +18,7 @@ from support import private_cache
 
 from eval.config import RunConfig
 from eval.full_kb import FullKBPipeline, embeds, rank_rows
+from eval.full_kb_table import counts_line
 from eval.metrics import FULL_KB_KS, metrics_from_ranks
 from eval.run import build_parser, main, run
 from eval.scoring import score_missing
@@ -260,7 +261,6 @@ def test_any_lambda_above_100_takes_the_full_kb_path(tmp_path: Path, cache: Path
 def test_the_table_note_says_how_many_candidates_mcr_reranked() -> None:
     """A reader of the MIMIC table must see that an MCR t2t row reranks only the kept top k
     (so its H@20 is the retrieval's), and which index found them."""
-    from eval.full_kb_table import counts_line
 
     def run(scorer: str, mode: str, keep: int, index: str) -> dict:
         full_kb = {"entities": 18880, "keep_top": keep, "mode": mode, "index": index}
