@@ -20,10 +20,10 @@ padded with zero rows up to ``min_rows`` (their logits are dropped, they get no 
 then computes the same bits alone as in any batch. On CPU the engine calls the model row by row
 (``rows_per_call=1``: a CPU gains nothing from stacking, measured, and a lone image costs no
 padding); on CUDA it stacks the whole batch and pads to the batch size, one shape and so one
-cuBLAS/cuDNN kernel choice per run (``attacks.engine.model_calls``). On CPU, one stacked call
-padded to >= 2 rows gives a row the same bits as a call of it alone padded to 2 (measured with
-MKL: its gemm rows agree for any row count >= 2; convolutions for any count), which is what the
-tests check of the stacked path.
+cuBLAS/cuDNN kernel choice per run (``attacks.engine.model_calls``). The tests check that stacked
+setting on CPU too: a row alone padded to the batch size has the same bits as in the batch. Fewer
+padding rows are not enough everywhere: on Intel MKL a row agreed for any row count >= 2, but on
+an AMD EPYC (AVX-512) a 2-row call moved logits by up to 1.9e-5 against calls of >= 4 rows.
 
 ``dtype`` (float16 / bfloat16) runs the scorer under ``torch.autocast``; the returned logits are
 float32 and everything outside the scorer (pixels, eps, projection) stays float32.

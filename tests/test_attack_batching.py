@@ -4,8 +4,11 @@ demo photos (8 real photographs, 6 sizes from 300x451 to 600x512), float32 on CP
 Tolerance (float32, CPU): an image's logits and gradient in a mixed batch equal the plain
 scorer's on it alone within atol 5e-5 on the logits (cosine x 100: 5e-7 in cosine, a few ulp of
 logits near 64) and atol 1e-5 on the gradient (max |grad| 0.1 to 8); measured gaps 1.1e-5 and
-3.4e-6, from MKL's single-row gemv against its gemm. Through the attack target, which pads every
-model call to >= 2 rows, they are the same bits, and so is the adversarial's ``.pt``.
+3.4e-6, from MKL's single-row gemv against its gemm. Through the attack target they are the same
+bits, and so is the adversarial's ``.pt``: row by row (the engine's CPU setting), or stacked with
+every call padded to the batch's 8 rows (its CUDA setting, ``attacks.engine.model_calls``). A
+call padded to only 2 rows is not enough on every CPU: on an AMD EPYC (AVX-512) it moved logits
+by up to 1.9e-5 against a call of >= 4 rows, so the stacked checks use the engine's own padding.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from attacks import bench, generate  # noqa: E402
-from attacks.engine import attack_batch  # noqa: E402
+from attacks.engine import attack_batch, model_calls  # noqa: E402
 from attacks.presets import Preset  # noqa: E402
 from attacks.target import CandidateTarget  # noqa: E402
 from attacks.window import support, view  # noqa: E402
@@ -34,6 +37,7 @@ from tools.scorers.base import PixelPreprocess  # noqa: E402
 
 PGD = Preset("pgd-1", "pgd", 1, "Linf", eps=8 / 255, alpha=2 / 255)
 APGD = Preset("apgd-2", "apgd", 2, "Linf", eps=8 / 255)
+STACKED = model_calls("cuda", 8)  # the engine's CUDA setting: one call per pass, padded to the batch of 8
 FAST = {
     "presets": {
         "pgd-fast": {"method": "pgd", "steps": 1, "eps": 8 / 255, "alpha": 2 / 255},
@@ -76,7 +80,7 @@ def test_mixed_batch_logits_and_gradients_equal_alone(tagger, photos) -> None:
     _, images, texts, top = photos
     with torch.no_grad():  # the runner-up as label: a cross-entropy far from saturated, O(1) gradients
         labels = CandidateTarget(tagger, None, texts, min_rows=2)(images).topk(2, dim=1).indices[:, 1]
-    logits, grads = logits_and_grads(CandidateTarget(tagger, None, texts, min_rows=2), images, labels)
+    logits, grads = logits_and_grads(CandidateTarget(tagger, None, texts, **STACKED), images, labels)
     for b, image in enumerate(images):
         pixels = image[None].clone().requires_grad_(True)  # the plain scorer, its own preprocessing
         alone = tagger(pixels, None, [texts[b]])
@@ -84,9 +88,9 @@ def test_mixed_batch_logits_and_gradients_equal_alone(tagger, photos) -> None:
         assert torch.allclose(logits[b], alone[0].detach(), rtol=0, atol=5e-5), b
         assert torch.allclose(grads[b], grad[0], rtol=0, atol=1e-5), b
         assert float(grad.abs().max()) > 1e-2  # a gradient worth comparing
-    for b in (0, 3):  # through the target alone: the same bits as in the batch
+    for b in (0, 3):  # through the target alone, padded as the engine pads: the same bits as in the batch
         one, (grad,) = logits_and_grads(
-            CandidateTarget(tagger, None, [texts[b]], min_rows=2), [images[b]], labels[b : b + 1]
+            CandidateTarget(tagger, None, [texts[b]], **STACKED), [images[b]], labels[b : b + 1]
         )
         assert torch.equal(one[0], logits[b]) and torch.equal(grad, grads[b]), b
 
@@ -99,7 +103,7 @@ def pt_bytes(image: torch.Tensor) -> bytes:
 
 CALLS = {
     "row-calls": {"rows_per_call": 1, "min_rows": 1},  # the engine's CPU setting
-    "stacked": {"rows_per_call": None, "min_rows": 2},  # its CUDA setting (padded to the batch), on CPU
+    "stacked": STACKED,  # its CUDA setting, on CPU
 }
 
 
